@@ -1,0 +1,1 @@
+"""CLI subcommands; each module: HELP, add_arguments(parser), run(args) -> int. Discovered by leapalign.cli."""

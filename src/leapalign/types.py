@@ -1,0 +1,61 @@
+"""Records passed between modules (no tuples, no kwargs catch-alls)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+# velocity(x (B, ...), sigma (B,), cond) -> v (B, ...), in the sigma = 1 is noise convention.
+VelocityFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
+# reward_fn(x0 (B, ...)) -> (B,) rewards, differentiable w.r.t. x0 (decode + reward model inside).
+RewardFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Trajectory:
+    """A sampled Euler trajectory, recorded without gradient.
+
+    latents: (T+1, B, ...) with latents[0] the initial noise and latents[T] the final sample.
+    sigmas:  (T+1,) strictly decreasing, sigmas[T] == 0.
+    """
+
+    latents: torch.Tensor
+    sigmas: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.sigmas.ndim != 1 or self.latents.shape[0] != self.sigmas.shape[0]:
+            raise ValueError(
+                f"trajectory needs latents (T+1, B, ...) and sigmas (T+1,); got latents {tuple(self.latents.shape)} "
+                f"and sigmas {tuple(self.sigmas.shape)}"
+            )
+
+    @property
+    def num_steps(self) -> int:
+        """T, the number of Euler steps."""
+        return self.sigmas.shape[0] - 1
+
+    @property
+    def batch_size(self) -> int:
+        return self.latents.shape[1]
+
+    @property
+    def sample(self) -> torch.Tensor:
+        """The final sample x_0 (B, ...)."""
+        return self.latents[-1]
+
+    def sigma(self, i: int) -> float:
+        return float(self.sigmas[i])
+
+
+@dataclass
+class LossOutput:
+    """What every method returns.
+
+    loss:    scalar tensor; loss.backward() gives the method's parameter gradient.
+    metrics: detached scalars for logging (reward, d_j, d_0, w, chosen sigmas, ...).
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
