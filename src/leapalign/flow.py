@@ -117,3 +117,23 @@ def sample_trajectory(
     with torch.no_grad():
         latents = torch.stack(steps)  # (T+1, B, ...)
     return Trajectory(latents=latents, sigmas=sig)
+
+
+def integrate(
+    velocity: VelocityFn,
+    x: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any = None,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+) -> torch.Tensor:
+    """Euler-integrate x (at sigmas[start]) to sigmas[stop] without gradient; returns x at step `stop`."""
+    stop = sigmas.shape[0] - 1 if stop is None else stop
+    if not 0 <= start <= stop <= sigmas.shape[0] - 1:
+        raise ValueError(f"need 0 <= start <= stop <= T, got start={start}, stop={stop}, T={sigmas.shape[0] - 1}")
+    with torch.no_grad():
+        for i in range(start, stop):
+            v = velocity(x, sigmas[i].expand(x.shape[0]).to(x.dtype), cond)
+            x = euler_step(x, v.to(x.dtype), sigmas[i], sigmas[i + 1]).to(x.dtype)
+    return x

@@ -55,7 +55,11 @@ class LossOutput:
 
     loss:    scalar tensor; loss.backward() gives the method's parameter gradient.
     metrics: detached scalars for logging (reward, d_j, d_0, w, chosen sigmas, ...).
+    backward_done: see the field comment.
     """
 
     loss: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    # True when the method already ran backward on its parts itself (memory: one graph alive at a time);
+    # loss is then detached and only reported.
+    backward_done: bool = False

@@ -1,0 +1,90 @@
+"""Pieces every method shares: the reward loss l(r), checked model calls, straight-through connectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+import torch
+
+from leapalign.types import LossOutput, RewardFn, VelocityFn
+
+
+def check_hinge(hinge: float | None) -> None:
+    if hinge is not None and not isinstance(hinge, (int, float)):
+        raise ValueError(f"hinge must be a number or None (no hinge), got {hinge!r}")
+
+
+def reward_loss(rewards: torch.Tensor, hinge: float | None) -> torch.Tensor:
+    """l(r) per sample (B,): relu(hinge - r) with a hinge threshold (paper: 0.55 HPSv2.1), else -r."""
+    return torch.relu(hinge - rewards) if hinge is not None else -rewards
+
+
+def call_reward(reward_fn: RewardFn, x0: torch.Tensor) -> torch.Tensor:
+    """reward_fn(x0) checked to give one finite-or-not float per sample, shape (B,)."""
+    r = reward_fn(x0)
+    if r.shape != (x0.shape[0],):
+        raise ValueError(f"reward_fn must return one reward per sample, shape ({x0.shape[0]},); "
+                         f"got {tuple(r.shape)}")
+    return r
+
+
+def call_velocity(velocity: VelocityFn, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+    """velocity(x, sigma expanded to (B,), cond), checked to return a tensor shaped like x."""
+    v = velocity(x, sigma.expand(x.shape[0]).to(x.dtype), cond)
+    if v.shape != x.shape:
+        raise ValueError(f"velocity must return a tensor shaped like its input {tuple(x.shape)}, got {tuple(v.shape)}")
+    return v
+
+
+def straight_through(value: torch.Tensor, grad_path: torch.Tensor) -> torch.Tensor:
+    """A connector: value exactly `value` (detached), gradient exactly that of `grad_path`.
+
+    Written as value + (g - sg(g)) rather than g + sg(value - g) so the forward value is bit-exact.
+    """
+    return value.detach() + (grad_path - grad_path.detach())
+
+
+def discount(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Gradient discounting: value x, gradient scaled by alpha (= alpha x + (1 - alpha) sg(x), bit-exact value)."""
+    return x.detach() + alpha * (x - x.detach())
+
+
+def per_sample_mean_abs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """mean |a - b| over all non-batch elements -> (B,)."""
+    return (a - b).abs().flatten(1).mean(1)
+
+
+def check_schedule_batch(noise: torch.Tensor, sigmas: torch.Tensor) -> int:
+    """Validate the method inputs; return T."""
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sigmas must be a 1-D schedule of length T+1 >= 2, got shape {tuple(sigmas.shape)}")
+    if noise.ndim < 2:
+        raise ValueError(f"noise must be batch-first (B, ...), got shape {tuple(noise.shape)}")
+    return sigmas.shape[0] - 1
+
+
+def draw_int(low: int, high: int, generator: torch.Generator) -> int:
+    """Uniform integer in [low, high] (inclusive) from an explicit generator."""
+    return int(torch.randint(low, high + 1, (), generator=generator))
+
+
+def reward_metrics(rewards: torch.Tensor, loss: torch.Tensor) -> dict[str, float]:
+    r = rewards.detach().float()
+    return {"reward": float(r.mean()), "reward_std": float(r.std()) if r.numel() > 1 else 0.0,
+            "loss": float(loss.detach())}
+
+
+class MethodStep(Protocol):
+    def __call__(self, velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, cond: Any,
+                 reward_fn: RewardFn, cfg: Any, generator: torch.Generator,
+                 backward: Callable[[torch.Tensor], None] | None = None) -> LossOutput: ...
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registry entry: the hyperparameter dataclass and the step that turns one batch into a LossOutput."""
+
+    name: str
+    config: type
+    step: MethodStep

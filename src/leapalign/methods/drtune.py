@@ -1,0 +1,77 @@
+"""DRTune (Wu et al., "Deep Reward Supervisions for Tuning Text-to-Image Diffusion Models", ECCV 2024).
+
+Every step runs with its model input detached, x_{i+1} = x_i + (s_{i+1} - s_i) v(sg(x_i), s_i), so the
+reward gradient flows only along the additive Euler chain (no Jacobians dv/dx). Only K equally spaced
+"training steps" (s0 = randint over [0, T - (K-1)(T//K)), steps s0 + i (T//K)) keep parameter gradients; the
+rest are computed without a graph. The rollout stops early at t_min, drawn from the last n_last steps, and the
+reward is taken on x0_hat = x_tmin - s_tmin v(sg(x_tmin), s_tmin) (a parameter gradient only if t_min is a
+training step). Training steps past t_min are never reached, so they contribute nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from leapalign.flow import euler_step, predict_x0
+from leapalign.methods.common import (call_reward, call_velocity, check_hinge, check_schedule_batch, draw_int,
+                                      reward_loss, reward_metrics)
+from leapalign.types import LossOutput, RewardFn, VelocityFn
+
+
+@dataclass
+class DRTuneConfig:
+    k: int = 2                    # training steps that keep parameter gradients (paper: 2)
+    n_last: int = 11              # the early stop t_min is drawn from the last n_last steps
+    hinge: float | None = None
+    checkpointing: bool = True    # recompute the training steps' activations in backward
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.n_last < 1:
+            raise ValueError(f"k and n_last must be >= 1, got k={self.k}, n_last={self.n_last}")
+        check_hinge(self.hinge)
+
+
+def training_steps(num_steps: int, k: int, generator: torch.Generator) -> list[int]:
+    """K equally spaced step indices, start uniform in [0, T - (K-1)(T//K) - 1]."""
+    stride = num_steps // k
+    if stride < 1:
+        raise ValueError(f"k = {k} training steps need T >= k, got T = {num_steps}")
+    s0 = draw_int(0, num_steps - (k - 1) * stride - 1, generator)
+    return [s0 + i * stride for i in range(k)]
+
+
+def drtune_prediction(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, cond: Any,
+                      train_steps: list[int], t_min: int, checkpointing: bool) -> torch.Tensor:
+    """x0_hat from the detached-input rollout stopped at t_min; parameter gradient only at train_steps."""
+
+    def v_at(x: torch.Tensor, i: int) -> torch.Tensor:
+        x_in = x.detach()  # the DRTune stop-gradient on the model input
+        if i not in train_steps:
+            with torch.no_grad():
+                return call_velocity(velocity, x_in, sigmas[i], cond)
+        if checkpointing:
+            return checkpoint(call_velocity, velocity, x_in, sigmas[i], cond, use_reentrant=False)
+        return call_velocity(velocity, x_in, sigmas[i], cond)
+
+    x = noise
+    for i in range(t_min):
+        x = euler_step(x, v_at(x, i), sigmas[i], sigmas[i + 1])
+    return predict_x0(x, v_at(x, t_min), sigmas[t_min])
+
+
+def step(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, cond: Any, reward_fn: RewardFn,
+         cfg: DRTuneConfig, generator: torch.Generator,
+         backward: Callable[[torch.Tensor], None] | None = None) -> LossOutput:
+    num_steps = check_schedule_batch(noise, sigmas)
+    train_steps = training_steps(num_steps, cfg.k, generator)
+    t_min = draw_int(max(0, num_steps - cfg.n_last), num_steps - 1, generator)
+    x0_hat = drtune_prediction(velocity, noise.detach(), sigmas, cond, train_steps, t_min, cfg.checkpointing)
+    rewards = call_reward(reward_fn, x0_hat)
+    loss = reward_loss(rewards, cfg.hinge).mean()
+    used = sum(1 for i in train_steps if i <= t_min)
+    return LossOutput(loss, {**reward_metrics(rewards, loss), "t_min": float(t_min), "sigma_t": float(sigmas[t_min]),
+                             "train_steps_used": float(used)})
