@@ -7,6 +7,7 @@ nothing outside an adapter knows model-specific conventions.
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -36,3 +37,38 @@ class FlowAdapter(Protocol):
 
     def trainable_parameters(self) -> list[torch.nn.Parameter]:
         """Parameters with requires_grad=True (LoRA weights, or the whole transformer)."""
+
+
+class TensorRecord:
+    """Mixin for conditioning dataclasses whose fields are batch-first tensors (or None).
+
+    The trainer splits micro-batches (`select`), moves records between devices (`to`), and the embedding cache
+    stores them field by field (`tensors` / `from_tensors`).
+    """
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The non-None fields, by name."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]):
+        names = {f.name for f in fields(cls)}
+        unknown = set(tensors) - names
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no fields {sorted(unknown)}; valid: {sorted(names)}")
+        return cls(**tensors)
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        """Move every tensor; `dtype` applies to floating-point tensors only (ids keep their integer type)."""
+        moved = {
+            k: v.to(device=device, dtype=dtype if dtype is not None and v.is_floating_point() else None)
+            for k, v in self.tensors().items()
+        }
+        return replace(self, **moved)
+
+    def select(self, index: slice | torch.Tensor | list[int]):
+        """The sub-batch `index` (a slice or indices along dim 0)."""
+        return replace(self, **{k: v[index] for k, v in self.tensors().items()})
+
+    def __len__(self) -> int:
+        return next(iter(self.tensors().values())).shape[0]
