@@ -1,0 +1,60 @@
+"""Torch-only image preprocessing for CLIP/BLIP-style rewards, differentiable w.r.t. the pixels.
+
+Reproduces the official PIL pipelines (torchvision `Resize(n, BICUBIC)` on the short side, `CenterCrop(n)`,
+`ToTensor`, `Normalize`) used by OpenAI CLIP, OpenCLIP/HPSv2, the LAION aesthetic predictor and ImageReward,
+and (up to the 1-pixel crop offset convention) transformers' `CLIPImageProcessor` used by PickScore.
+`F.interpolate(mode="bicubic", antialias=True)` uses the same cubic kernel (a = -0.5) and the same widened
+support on downscaling as PIL, so it matches PIL's BICUBIC up to PIL's uint8 rounding; docs/rewards.md and
+tests/test_rewards_preprocess.py give the measured tolerance.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# OpenAI CLIP statistics: shared by CLIP, OpenCLIP (HPSv2), PickScore, the aesthetic head's CLIP and ImageReward.
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
+    """(new_h, new_w) with the short side equal to `size`, the long side truncated as torchvision does."""
+    if height <= width:
+        return size, int(size * width / height)
+    return int(size * height / width), size
+
+
+def resize_center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, size, size): bicubic antialiased resize of the short side, then centre crop.
+
+    Computed in float32 at least, since CPU antialiased bicubic has no half-precision kernel; no clamping, so
+    the gradient is not cut where bicubic overshoots [0, 1].
+    """
+    height, width = images.shape[-2:]
+    new_h, new_w = resized_shape(height, width, size)
+    x = images if images.dtype == torch.float64 else images.float()
+    if (new_h, new_w) != (height, width):
+        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", antialias=True, align_corners=False)
+    top = int(round((new_h - size) / 2.0))  # torchvision's CenterCrop offset
+    left = int(round((new_w - size) / 2.0))
+    return x[..., top : top + size, left : left + size]  # (B, C, size, size)
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(B, C, H, W) -> (images - mean) / std per channel."""
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images - m) / s
+
+
+def clip_preprocess(
+    images: torch.Tensor,
+    size: int = 224,
+    mean: tuple[float, ...] = CLIP_MEAN,
+    std: tuple[float, ...] = CLIP_STD,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """images (B, 3, H, W) in [0, 1] -> model input (B, 3, size, size), normalised, cast to `dtype`."""
+    x = normalize(resize_center_crop(images, size), mean, std)
+    return x if dtype is None else x.to(dtype)
