@@ -1,0 +1,93 @@
+"""Atomic, validated, retention-limited training checkpoints.
+
+Layout: OUTPUT_DIR/checkpoints/step_0000050/ holding accelerate's state (trainable weights only, optimizer,
+scheduler, RNG states of every process), trainer_state_<rank>.pt (EMA shadow, counters) per process,
+config.yaml and meta.json (step, library version, file sizes). Every process writes into a temporary
+directory that the main process renames into place after all writes, so a killed run never leaves a
+half-written checkpoint under a valid name; meta.json's sizes catch files truncated afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import torch
+import yaml
+
+import leapalign
+
+META = "meta.json"
+
+
+def checkpoint_dirs(root: Path) -> list[Path]:
+    """step_* directories under root, oldest first."""
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_")), key=lambda p: p.name)
+
+
+def problem(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be used, or None when it is complete."""
+    try:
+        meta = json.loads((path / META).read_text())
+    except (OSError, ValueError):
+        return f"{META} missing or unreadable"
+    for name, size in meta.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} missing"
+        if f.stat().st_size != size:
+            return f"{name} has {f.stat().st_size} bytes, expected {size}"
+    return None
+
+
+def latest_valid(root: Path) -> Path | None:
+    """The newest complete checkpoint; corrupt ones are skipped with a warning."""
+    for path in reversed(checkpoint_dirs(root)):
+        why = problem(path)
+        if why is None:
+            return path
+        warnings.warn(f"skipping corrupt checkpoint {path}: {why}", stacklevel=2)
+    return None
+
+
+def save(accelerator, root: Path, step: int, trainer_state: dict, config: dict, keep: int) -> Path:
+    """Write checkpoint `step` from every process; returns its final path."""
+    final = root / f"step_{step:07d}"
+    tmp = root / f".tmp_step_{step:07d}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    torch.save(trainer_state, tmp / f"trainer_state_{accelerator.process_index}.pt")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        files = {str(f.relative_to(tmp)): f.stat().st_size for f in sorted(tmp.rglob("*")) if f.is_file()}
+        meta = {"step": step, "version": leapalign.__version__, "world_size": accelerator.num_processes,
+                "time": time.time(), "files": files}
+        (tmp / META).write_text(json.dumps(meta, indent=1))
+        if final.exists():  # a re-run of the same step after a crash between save and retention
+            shutil.rmtree(final)
+        tmp.rename(final)
+        if keep > 0:
+            for old in checkpoint_dirs(root)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load(accelerator, path: Path) -> dict:
+    """Restore accelerate's state from `path` and return this process's trainer state."""
+    meta = json.loads((path / META).read_text())
+    if meta["world_size"] != accelerator.num_processes:
+        raise ValueError(f"checkpoint {path} was written by {meta['world_size']} processes, this run has "
+                         f"{accelerator.num_processes}; resume with the same number of processes")
+    # strict=False: the saved model state holds the trainable parameters only (see trainer's save hook).
+    accelerator.load_state(str(path), strict=False)
+    return torch.load(path / f"trainer_state_{accelerator.process_index}.pt", map_location="cpu", weights_only=False)
