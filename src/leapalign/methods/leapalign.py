@@ -90,9 +90,10 @@ def leaps(velocity: VelocityFn, traj: Trajectory, k: int, j: int, alpha: float, 
 
 def similarity_weight(traj: Trajectory, j: int, xhat_j: torch.Tensor, xhat_0: torch.Tensor, cfg: LeapAlignConfig):
     """w = 1 / (max(d_j, tau) + max(d_0, tau)) per sample, no gradient -> (w, d_j, d_0), each (B,)."""
+    dtype = torch.promote_types(xhat_0.dtype, torch.float32)  # bf16 latents: weigh in fp32
     with torch.no_grad():
-        d_j = per_sample_mean_abs(traj.latents[j], xhat_j).float()
-        d_0 = per_sample_mean_abs(traj.sample, xhat_0).float()
+        d_j = per_sample_mean_abs(traj.latents[j].to(dtype), xhat_j.to(dtype))
+        d_0 = per_sample_mean_abs(traj.sample.to(dtype), xhat_0.to(dtype))
         if cfg.weighting:
             w = 1.0 / (d_j.clamp(min=cfg.tau) + d_0.clamp(min=cfg.tau))
         else:
