@@ -6,6 +6,8 @@ Loaded through the registries' "package.module:attr" paths (tests/ is on sys.pat
 
 from __future__ import annotations
 
+import os
+import signal
 import zlib
 from dataclasses import dataclass
 
@@ -81,7 +83,14 @@ class ToyAdapter:
 def toy_reward(path=None, *, device="cpu", dtype=torch.float32):
     """Reward factory: closeness of the image to a per-prompt colour (differentiable, prompt-dependent)."""
 
+    kill_at = int(os.environ.get("LEAPALIGN_TOY_KILL_AT", "0"))  # SIGKILL this process at that call (resume test)
+    calls = 0
+
     def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
         target = torch.stack([torch.sigmoid(_prompt_vector(p, CHANNELS)) for p in prompts]).to(images)
         return -((images - target[:, :, None, None]) ** 2).flatten(1).mean(1)  # (B,)
 
@@ -98,6 +107,7 @@ def toy_config(tmp_path, **overrides):
     """A TrainConfig for the toy world: 4x4 images, 4 Euler steps, no evaluation, seconds on a CPU."""
     from leapalign.config import from_dict, validate
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"prompt number {i}" for i in range(7)) + "\n")
     data = {

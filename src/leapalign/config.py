@@ -35,6 +35,7 @@ class ModelConfig:
     guidance_scale: float | None = _f(None, "Flux guidance / SD3 CFG scale (None = the adapter's default)")
     lora_rank: int = _f(0, "LoRA rank on the transformer; 0 = full fine-tuning of the transformer")
     lora_alpha: float | None = _f(None, "LoRA scaling alpha (None = equal to the rank)")
+    lora_targets: str = _f("default", "LoRA target preset of adapters/lora.py: attn, default or all")
     gradient_checkpointing: bool = _f(False, "recompute transformer activations in backward (less memory, ~30% slower)")
 
 

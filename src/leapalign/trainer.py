@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from leapalign import checkpoint, evaluate
 from leapalign.adapters import load_adapter
+from leapalign.adapters.lora import LoraConfig, apply_lora, save_lora, set_full_finetuning
 from leapalign.config import TrainConfig, method_config, to_dict, validate
 from leapalign.data import PromptOrder, generator, load_prompts, spread
 from leapalign.ema import EMA
@@ -46,6 +47,7 @@ class TrainResult:
     eval_metrics: dict[str, float] = field(default_factory=dict)  # final evaluation (EMA weights if any)
     wall_seconds: float = 0.0
     skipped_steps: int = 0
+    start_step: int = 0  # iterations already done by the checkpoint this run resumed from (0 = fresh start)
 
 
 def build_model(cfg: TrainConfig, device: torch.device | str):
@@ -53,11 +55,9 @@ def build_model(cfg: TrainConfig, device: torch.device | str):
     m = cfg.model
     adapter = load_adapter(m.adapter, m.path, device=device, dtype=DTYPES[m.dtype], guidance_scale=m.guidance_scale)
     if m.lora_rank > 0:
-        from leapalign.adapters.lora import add_lora
-
-        add_lora(adapter, rank=m.lora_rank, alpha=m.lora_alpha)
+        apply_lora(adapter, LoraConfig(rank=m.lora_rank, alpha=m.lora_alpha, targets=m.lora_targets))
     else:
-        adapter.transformer.requires_grad_(True)
+        set_full_finetuning(adapter)
     if m.gradient_checkpointing:
         adapter.set_gradient_checkpointing(True)
     return adapter
@@ -132,6 +132,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, progress: bool, t_start: 
             ema.load_state_dict(state["ema"])
         if main:
             print(f"resuming from {resume_from} (iteration {start})")
+    initial_step = start
     log = MetricsLog(out_dir, cfg.logger, to_dict(cfg), enabled=main)
     if main and resume_from is not None:
         evaluate.truncate_history(out_dir / "metrics.jsonl", start)
@@ -233,20 +234,25 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, progress: bool, t_start: 
     final = out_dir / "final"
     weights, ema_path = final / "weights.safetensors", (final / "ema.safetensors" if ema is not None else None)
     state = _trainable_state(accelerator, model)
-    if ema is not None:
-        with ema.swapped():
-            ema_state = _trainable_state(accelerator, model)
-    if main:
-        final.mkdir(parents=True, exist_ok=True)
-        save_file(state, str(weights))
-        if ema is not None:
-            save_file(ema_state, str(ema_path))
-        (final / "config.yaml").write_text(evaluate.config_yaml(cfg))
+    with ema.swapped() if ema is not None else nullcontext():
+        ema_state = _trainable_state(accelerator, model) if ema is not None else None
+        if main:
+            final.mkdir(parents=True, exist_ok=True)
+            save_file(state, str(weights))
+            if ema is not None:
+                save_file(ema_state, str(ema_path))
+            (final / "config.yaml").write_text(evaluate.config_yaml(cfg))
+            if m.lora_rank > 0 and hasattr(adapter, "pipe"):
+                # diffusers-format LoRA (EMA weights when kept): `pipe.load_lora_weights(final / "lora")` loads it.
+                adapter.transformer = accelerator.unwrap_model(model)
+                save_lora(adapter, final / "lora")
+                adapter.transformer = model
     accelerator.wait_for_everyone()
     eval_metrics = run_eval(cfg.iterations)
     log.close()
     history = evaluate.read_history(out_dir / "metrics.jsonl") if main else []
-    return TrainResult(out_dir, weights, ema_path, history, eval_metrics, time.perf_counter() - t_start, skipped)
+    return TrainResult(out_dir, weights, ema_path, history, eval_metrics, time.perf_counter() - t_start, skipped,
+                       start_step=initial_step)
 
 
 def _trainable_state(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:
