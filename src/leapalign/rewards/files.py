@@ -11,12 +11,14 @@ import torch
 from safetensors.torch import load_file
 
 
-def find_file(path: str | None, filenames: list[str], repo: str, what: str) -> Path:
+def find_file(path: str | None, filenames: list[str], repo: str | None, what: str, url: str | None = None) -> Path:
     """The first of `filenames` found at `path`.
 
     path: a file (used as is), a folder (searched for `filenames`), a hub id "owner/name", or None (the
-    default hub repo `repo`). The hub is tried through huggingface_hub, which uses its local cache first.
+    default hub repo `repo`; None when the file is not on the hub). The hub is tried through huggingface_hub,
+    which uses its local cache first. url: where to download by hand (default: the hub page of `repo`).
     """
+    url = url or f"https://huggingface.co/{repo}"
     if path is not None and Path(path).is_file():
         return Path(path)
     if path is not None and Path(path).is_dir():
@@ -24,14 +26,12 @@ def find_file(path: str | None, filenames: list[str], repo: str, what: str) -> P
             if (Path(path) / name).is_file():
                 return Path(path) / name
         raise FileNotFoundError(
-            f"{what}: none of {filenames} in {path}; download it from https://huggingface.co/{repo} into that folder"
+            f"{what}: none of {filenames} in {path}; download it from {url} into that folder"
         )
     hub_repo = repo if path is None else path
-    if path is not None and (path.count("/") != 1 or path.startswith((".", "/", "~"))):
-        raise FileNotFoundError(
-            f"{what}: {path} is neither a file, a folder nor a hub id; download {filenames[0]} from "
-            f"https://huggingface.co/{repo} and pass its path"
-        )
+    if hub_repo is None or (path is not None and (path.count("/") != 1 or path.startswith((".", "/", "~")))):
+        where = "no path given" if path is None else f"{path} is neither a file, a folder nor a hub id"
+        raise FileNotFoundError(f"{what}: {where}; download {filenames[0]} from {url} and pass its path")
     from huggingface_hub import hf_hub_download
 
     for name in filenames:
@@ -41,7 +41,7 @@ def find_file(path: str | None, filenames: list[str], repo: str, what: str) -> P
             continue
     raise FileNotFoundError(
         f"{what}: could not get {filenames} from hub repo {hub_repo} (offline?); download {filenames[0]} from "
-        f"https://huggingface.co/{repo} and pass path=FILE_OR_FOLDER"
+        f"{url} and pass path=FILE_OR_FOLDER"
     )
 
 
