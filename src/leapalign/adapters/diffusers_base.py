@@ -27,7 +27,7 @@ def load_pipeline(pipeline_cls, path: str | os.PathLike, *, dtype: torch.dtype, 
                                 f"pass the folder that `huggingface-cli download` wrote")
     skip = {name: None for name in TEXT_COMPONENTS} if not text_encoders else {}
     try:
-        pipe = pipeline_cls.from_pretrained(str(local) if local.exists() else path, torch_dtype=dtype, **skip)
+        pipe = pipeline_cls.from_pretrained(str(local) if local.exists() else path, dtype=dtype, **skip)
     except OSError as err:
         if local.exists():
             raise FileNotFoundError(f"incomplete pipeline directory {path}: {str(err).splitlines()[0]}") from err
