@@ -89,10 +89,6 @@ def set_full_finetuning(adapter) -> list[torch.nn.Parameter]:
     return adapter.trainable_parameters()
 
 
-def _pipeline_class(adapter):
-    return type(adapter.pipe)
-
-
 def save_lora(adapter, out_dir: str | os.PathLike) -> Path:
     """Write the LoRA in diffusers' format: `pipe.load_lora_weights(out_dir)` loads it (rank and alpha)."""
     from peft.utils import get_peft_model_state_dict
@@ -102,7 +98,7 @@ def save_lora(adapter, out_dir: str | os.PathLike) -> Path:
         raise ValueError("this transformer has no LoRA to export; apply_lora first, or save merged/full weights")
     state = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
     out = Path(out_dir)
-    _pipeline_class(adapter).save_lora_weights(
+    type(adapter.pipe).save_lora_weights(
         out, transformer_lora_layers=state,
         transformer_lora_adapter_metadata=transformer.peft_config["default"].to_dict())
     return out
