@@ -119,6 +119,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is list and isinstance(value, tuple):
         return list(value)
     if dataclasses.is_dataclass(tp):
@@ -156,7 +161,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if not sep or not key:
             raise ValueError(f"override {item!r} must look like key=value, e.g. optim.lr=5e-6")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = None if raw.lower() == "none" else yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
         node = data

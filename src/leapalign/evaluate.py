@@ -143,23 +143,35 @@ def config_yaml(cfg) -> str:
 
 
 def load_trained(weights_dir: str | Path, *, ema: bool = True, device: torch.device | str = "cpu"):
-    """The adapter of a finished run with its trained weights: `weights_dir` is a run's `final/` directory (or the
-    run directory holding it). ema=True loads the EMA weights when the run kept them."""
+    """(adapter with trained weights, its TrainConfig). `weights_dir` is a run directory, its `final/` directory, or
+    a checkpoint directory (OUTPUT_DIR/checkpoints/step_*). ema=True loads the EMA weights when the run kept them."""
     from leapalign.config import from_dict
     from leapalign.trainer import build_model
 
     d = Path(weights_dir)
     if (d / "final").is_dir():
         d = d / "final"
-    if not (d / "config.yaml").is_file() or not (d / "weights.safetensors").is_file():
-        raise FileNotFoundError(f"{weights_dir} is not a trained-weights directory (needs config.yaml and "
-                                f"weights.safetensors, as written to OUTPUT_DIR/final by `leapalign train`)")
+    is_checkpoint = (d / "meta.json").is_file() and (d / "model.safetensors").is_file()
+    if not (d / "config.yaml").is_file() or not (is_checkpoint or (d / "weights.safetensors").is_file()):
+        raise FileNotFoundError(f"{weights_dir} holds no trained weights (expected a run directory, its final/ "
+                                f"directory or a checkpoints/step_* directory written by `leapalign train`)")
     cfg = from_dict(yaml.safe_load((d / "config.yaml").read_text()))
     adapter = build_model(cfg, device)
-    file = d / "ema.safetensors" if ema and (d / "ema.safetensors").is_file() else d / "weights.safetensors"
-    state = load_file(str(file), device=str(device))
-    result = adapter.transformer.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise ValueError(f"{file} does not match the model: unexpected key {result.unexpected_keys[0]}")
+    names = [n for n, p in adapter.transformer.named_parameters() if p.requires_grad]
+    if is_checkpoint:
+        # accelerate saved the (DDP-wrapped) trainable weights; the EMA shadow is a list in parameter order.
+        state = {k.removeprefix("module."): v for k, v in load_file(str(d / "model.safetensors")).items()}
+        ema_state = torch.load(d / "trainer_state_0.pt", map_location="cpu", weights_only=False)["ema"]
+        if ema and ema_state is not None:
+            state = dict(zip(names, ema_state["shadow"]))
+    else:
+        file = d / "ema.safetensors" if ema and (d / "ema.safetensors").is_file() else d / "weights.safetensors"
+        state = load_file(str(file))
+    missing = sorted(set(names) - set(state))
+    unexpected = sorted(set(state) - set(names))
+    if missing or unexpected:
+        raise ValueError(f"weights in {d} do not match the model: "
+                         + (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"))
+    adapter.transformer.load_state_dict(state, strict=False)
     adapter.transformer.eval()
     return adapter, cfg
