@@ -27,6 +27,7 @@ def test_weighted_normalised_hinged_sum_and_logged_values():
     reward = CompositeReward.from_terms(terms)
     images = torch.rand(4, 3, 8, 8)
     images[0, 0] = 1.0  # redness 10 > hinge 4: capped, no gradient through that term
+    images[1, 0] = 0.1  # redness 1 < hinge 4: the term is active
     x = images.clone().requires_grad_(True)
     total = reward(x, ["p"] * 4)
     b, red = images.mean(dim=(1, 2, 3)), 10 * images[:, 0].mean(dim=(1, 2))
