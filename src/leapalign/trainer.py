@@ -85,11 +85,12 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, progress: bool, t_start: 
     ckpt_root = out_dir / "checkpoints"
 
     # ---- set up: model, reward, method, data, optimizer ----
-    adapter = build_model(cfg, device)
-    reward = load_reward(cfg.reward.name, path=cfg.reward.path, device=device)
-    method, mcfg = get_method(cfg.method.name), method_config(cfg)
+    # Cheap inputs first, so that a typo fails before a 12B model is loaded.
     order = PromptOrder(load_prompts(cfg.data.prompts), cfg.seed, cfg.data.shuffle)
     eval_prompts = spread(load_prompts(cfg.eval.prompts), cfg.eval.num_prompts) if cfg.eval.prompts else []
+    method, mcfg = get_method(cfg.method.name), method_config(cfg)
+    adapter = build_model(cfg, device)
+    reward = load_reward(cfg.reward.name, path=cfg.reward.path, device=device)
     m = cfg.model
     sigmas = adapter.sigmas(m.num_steps, m.height, m.width)
     latent_shape = adapter.latent_shape(m.height, m.width)
@@ -259,4 +260,5 @@ def _trainable_state(accelerator: Accelerator, model: torch.nn.Module) -> dict[s
     """Full (unsharded, unwrapped) trainable parameters, fp32 contiguous CPU copies; gathered on every process."""
     names = {n for n, p in accelerator.unwrap_model(model).named_parameters() if p.requires_grad}
     full = accelerator.get_state_dict(model)
-    return {k: v.detach().float().cpu().contiguous() for k, v in full.items() if k in names}
+    # clone: on CPU .float().cpu() would alias the live parameters, which the EMA swap overwrites.
+    return {k: v.detach().float().cpu().clone() for k, v in full.items() if k in names}
