@@ -18,5 +18,5 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 python3 -m leapalign.cli bench --model "$MODEL" --device "$DEVICE" --no-isolate --warmup 1 --iters 2 \
   --steps 25 --cases leapalign leapalign_coupled refl draft_k1 draft_k2 draft_k4 draft_k8 draft_lv drtune full \
   --leap-steps 0 23 --leap-T 25 \
-  --at 10=leapalign,leapalign_coupled,refl,draft_k1,full --at 50=leapalign,leapalign_coupled \
+  --at 50=leapalign,leapalign_coupled --at 10=leapalign,leapalign_coupled,refl,draft_k1,full \
   --floor-steps 10 25 --out "$OUT/gpu" 2>&1 | tee -a "$OUT/gpu_log.txt"
