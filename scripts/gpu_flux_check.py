@@ -131,7 +131,8 @@ def main() -> None:
                     forward_backward()
                 except RuntimeError as err:  # backend unavailable for these shapes/dtype, or out of memory
                     report[f"sdpa_ckpt_{ckpt}_{name}"] = {"error": str(err).splitlines()[0][:200]}
-                    torch.cuda.empty_cache() if dev == "cuda" else None
+                    if dev == "cuda":
+                        torch.cuda.empty_cache()
                     continue
             grads[name] = torch.cat([p.grad.float().flatten() for p in lora])
         ref_name = "math" if "math" in grads else next(iter(grads))  # math may run out of memory without ckpt
