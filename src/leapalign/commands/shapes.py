@@ -19,6 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/shapes/flow", help="checkpoint path (writes .safetensors and .json)")
     p.add_argument("--steps", type=int, default=12000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=256, help="scenes per step")
+    p.add_argument("--lr", type=float, default=5e-4, help="AdamW peak learning rate")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     r = sub.add_parser("reward", help="train the contrastive reward model with hard negatives")
@@ -53,10 +54,14 @@ def _pretrain(args: argparse.Namespace) -> int:
     from leapalign.shapes.checkpoint import save_model
     from leapalign.shapes.pretrain import FlowPretrainConfig, pretrain_flow
 
-    cfg = FlowPretrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    cfg = FlowPretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                             device=args.device, save_every=500)
     start = time.time()
-    model = pretrain_flow(cfg, _progress(start))
-    save_model(model, args.out, {**_provenance(args, start), "mix": list(cfg.mix), "steps": cfg.steps})
+    def snapshot(step: int, model: torch.nn.Module) -> None:  # a long run killed midway still leaves a model
+        save_model(model, args.out, {**_provenance(args, start), "mix": list(cfg.mix), "steps": step})
+
+    model = pretrain_flow(cfg, _progress(start), snapshot)
+    snapshot(cfg.steps, model)
     print(f"saved {args.out}.safetensors")
     return 0
 
@@ -90,7 +95,8 @@ def _reward(args: argparse.Namespace) -> int:
 
     cfg = RewardTrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device)
     start = time.time()
-    model = train_reward(cfg, _progress(start))
+    model = train_reward(cfg, _progress(start),
+                         lambda step, m: save_model(m, args.out, {**_provenance(args, start), "steps": step}))
     info = _provenance(args, start)
     info["hard_negative_accuracy"] = round(reward_accuracy(model, device=args.device), 4)
     save_model(model, args.out, {**info, "steps": cfg.steps})

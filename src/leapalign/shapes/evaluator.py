@@ -8,6 +8,7 @@ position uses GenEval's relative-position rule with its 0.1 box-size threshold).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -130,12 +131,13 @@ def scene_objects(scenes: SceneBatch) -> list[list[DetectedObject]]:
 def relations(a: DetectedObject, b: DetectedObject) -> set[str]:
     """GenEval's relative_position: where a lies relative to b (image y grows downwards)."""
     (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.box, b.box
-    off = torch.tensor([(ax0 + ax1 - bx0 - bx1) / 2, (ay0 + ay1 - by0 - by1) / 2])
-    dims = torch.tensor([ax1 - ax0 + bx1 - bx0, ay1 - ay0 + by1 - by0])
-    revised = (off.abs() - POSITION_THRESHOLD * dims).clamp(min=0) * off.sign()
-    if bool((revised.abs() < 1e-3).all()):
+    off = ((ax0 + ax1 - bx0 - bx1) / 2, (ay0 + ay1 - by0 - by1) / 2)
+    dims = (ax1 - ax0 + bx1 - bx0, ay1 - ay0 + by1 - by0)
+    revised = [math.copysign(max(abs(o) - POSITION_THRESHOLD * d, 0.0), o) for o, d in zip(off, dims)]
+    if all(abs(r) < 1e-3 for r in revised):
         return set()
-    dx, dy = (revised / off.norm()).tolist()
+    norm = math.hypot(*off)
+    dx, dy = revised[0] / norm, revised[1] / norm
     rel = set()
     if dx < -0.5:
         rel.add("left of")

@@ -56,8 +56,10 @@ class Prompt:
     @property
     def composition(self) -> tuple:
         """A key equal for captions that describe the same scenes (so splits can be disjoint in meaning)."""
-        if self.category == "position" and self.relation in ("right of", "below"):
-            return ("position", self.shapes[::-1], OPPOSITE[self.relation])
+        if self.category == "position":
+            if self.relation in ("right of", "below"):
+                return ("position", self.shapes[::-1], OPPOSITE[self.relation])
+            return ("position", self.shapes, self.relation)
         if self.category in ("two_object", "color_attr"):
             return (self.category, tuple(sorted(zip(self.shapes, self.colors), key=str)))
         return (self.category, self.shapes, self.colors, self.count, self.relation)

@@ -97,8 +97,8 @@ def sample_scenes(prompts: list[Prompt], generator: torch.Generator, size: int =
     radii = lo + (hi - lo) * torch.rand((b, MAX_OBJECTS), generator=generator)
     centers = torch.zeros((b, MAX_OBJECTS, 2))
     todo = torch.arange(b)
-    while todo.numel():  # rejection sampling, vectorised over K candidate layouts per scene
-        k = 64
+    k = 8  # candidate layouts per scene in the first round; one or two objects almost always fit at once
+    while todo.numel():  # rejection sampling, vectorised over the candidates
         r = radii[todo]
         u = torch.rand((todo.numel(), k, MAX_OBJECTS, 2), generator=generator)
         lo_c = (r + 1.0)[:, None, :, None]
@@ -108,6 +108,7 @@ def sample_scenes(prompts: list[Prompt], generator: torch.Generator, size: int =
         first = ok.float().argmax(1)
         centers[todo[found]] = cand[found, first[found]]
         todo = todo[~found]
+        k = 64
     radii = torch.where(active, radii, torch.zeros_like(radii))
     return SceneBatch(shapes=shapes, colors=colors, centers=centers, radii=radii, size=size)
 
