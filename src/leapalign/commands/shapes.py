@@ -20,6 +20,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=12000, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=256, help="scenes per step")
     p.add_argument("--lr", type=float, default=5e-4, help="AdamW peak learning rate")
+    p.add_argument("--sigma-sampling", default="uniform", choices=("uniform", "logit_normal"),
+                   help="training sigma distribution")
+    p.add_argument("--init", default=None, help="continue from this flow checkpoint (a second training stage)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     r = sub.add_parser("reward", help="train the contrastive reward model with hard negatives")
@@ -51,16 +54,22 @@ def _provenance(args: argparse.Namespace, start: float) -> dict:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from leapalign.shapes.checkpoint import save_model
+    from leapalign.shapes.checkpoint import load_flow_model, model_info, save_model
     from leapalign.shapes.pretrain import FlowPretrainConfig, pretrain_flow
 
     cfg = FlowPretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             device=args.device, save_every=500)
+                             device=args.device, save_every=500, sigma_sampling=args.sigma_sampling)
+    init = load_flow_model(args.init, args.device) if args.init else None
+    if init is not None:
+        cfg.model = init.cfg
+    history = [model_info(args.init, "flow")] if args.init else []  # earlier stages' provenance
     start = time.time()
-    def snapshot(step: int, model: torch.nn.Module) -> None:  # a long run killed midway still leaves a model
-        save_model(model, args.out, {**_provenance(args, start), "mix": list(cfg.mix), "steps": step})
 
-    model = pretrain_flow(cfg, _progress(start), snapshot)
+    def snapshot(step: int, model: torch.nn.Module) -> None:  # a long run killed midway still leaves a model
+        save_model(model, args.out, {**_provenance(args, start), "mix": list(cfg.mix), "steps": step,
+                                     "earlier_stages": history})
+
+    model = pretrain_flow(cfg, _progress(start), snapshot, init)
     snapshot(cfg.steps, model)
     print(f"saved {args.out}.safetensors")
     return 0

@@ -38,6 +38,8 @@ class FlowPretrainConfig:
     mix: tuple[float, ...] = field(default=(0.22, 0.22, 0.03, 0.30, 0.02, 0.21), metadata={
         "help": "caption category weights in CATEGORIES order (single_object, two_object, counting, colors, "
                 "position, color_attr); spatial and counting captions are rare on purpose"})
+    sigma_sampling: str = field(default="uniform", metadata={
+        "help": "training sigma distribution: 'uniform' or 'logit_normal' (SD3's, centred on 0.5)"})
     seed: int = field(default=0, metadata={"help": "seed of every random draw (captions, scenes, noise, init)"})
     device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda"})
     log_every: int = field(default=200, metadata={"help": "steps between progress callbacks"})
@@ -49,6 +51,8 @@ class FlowPretrainConfig:
             raise ValueError(f"mix needs {len(CATEGORIES)} non-negative weights ({', '.join(CATEGORIES)})")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("steps and batch_size must be >= 1 and lr > 0")
+        if self.sigma_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"sigma_sampling must be 'uniform' or 'logit_normal', got '{self.sigma_sampling}'")
 
 
 @dataclass
@@ -85,16 +89,20 @@ def _lr_lambda(warmup: int, steps: int) -> Callable[[int], float]:
     return lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
 
 
-def pretrain_flow(cfg: FlowPretrainConfig, progress: Progress | None = None,
-                  snapshot: Snapshot | None = None) -> ShapesFlowModel:
+def pretrain_flow(cfg: FlowPretrainConfig, progress: Progress | None = None, snapshot: Snapshot | None = None,
+                  init: ShapesFlowModel | None = None) -> ShapesFlowModel:
     """Rectified-flow pretraining; returns the EMA model (eval mode, on cfg.device).
 
-    Loss: || v(x_s, s, c) - (eps - x0) ||^2 with x_s = (1 - s) x0 + s eps and s ~ U(0, 1)
-    (uniform, not SD3's logit-normal, which rarely visits the low sigmas where 32 px edges get sharp).
+    init: continue from these weights (a second stage; EMA restarts from them) instead of a fresh init.
+    Loss: || v(x_s, s, c) - (eps - x0) ||^2 with x_s = (1 - s) x0 + s eps and s ~ U(0, 1) by
+    default (SD3's logit-normal rarely visits the low sigmas where 32 px edges get sharp; the shipped model's first
+    stage used it, its second stage uniform).
     """
     torch.manual_seed(cfg.seed)  # parameter init is the one draw that cannot take a generator
     g = torch.Generator().manual_seed(cfg.seed)
     model = ShapesFlowModel(cfg.model).to(cfg.device)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, cfg.steps))
@@ -105,7 +113,10 @@ def pretrain_flow(cfg: FlowPretrainConfig, progress: Progress | None = None,
         drop = torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout
         texts = ["" if d else p.text for p, d in zip(prompts, drop.tolist())]
         eps = torch.randn(x0.shape, generator=g).to(cfg.device)
-        s = torch.rand(cfg.batch_size, generator=g).to(cfg.device)  # (B,) uniform: edges are made at low sigma
+        if cfg.sigma_sampling == "uniform":
+            s = torch.rand(cfg.batch_size, generator=g).to(cfg.device)  # (B,)
+        else:
+            s = torch.sigmoid(torch.randn(cfg.batch_size, generator=g)).to(cfg.device)  # (B,)
         xs = (1 - s[:, None, None, None]) * x0 + s[:, None, None, None] * eps
         loss = F.mse_loss(model(xs, s, texts), eps - x0)
         opt.zero_grad(set_to_none=True)
