@@ -58,10 +58,10 @@ def test_adapter_guidance_is_batch_doubled_cfg():
     plain = ShapesAdapter(m)
     v_c = plain.velocity(x, s, plain.encode_prompts(prompts))
     v_u = plain.velocity(x, s, plain.encode_prompts(["", ""]))
-    guided = ShapesAdapter(m, guidance=4.0)
+    guided = ShapesAdapter(m, guidance_scale=4.0)
     assert torch.allclose(guided.velocity(x, s, guided.encode_prompts(prompts)), v_u + 4.0 * (v_c - v_u), atol=1e-4)
-    with pytest.raises(ValueError, match="guidance"):
-        ShapesAdapter(m, guidance=0.5)
+    with pytest.raises(ValueError, match="guidance_scale"):
+        ShapesAdapter(m, guidance_scale=0.5)
 
 
 def test_adapter_protocol_and_sampling():

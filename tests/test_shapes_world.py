@@ -125,5 +125,5 @@ def test_layout_change():
     assert layout_changed(img, render(moved)).all()
 
 
-NOISY_MIN = 0.8
-BLUR_MIN = 0.6
+NOISY_MIN = 0.85  # measured 0.887
+BLUR_MIN = 0.65  # measured 0.705

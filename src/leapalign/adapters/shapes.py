@@ -37,22 +37,24 @@ class ShapesAdapter:
 
     name = "shapes"
 
-    def __init__(self, model: ShapesFlowModel, guidance: float = 1.0, shift: float = 1.0):
-        """guidance: classifier-free guidance scale (1.0 = none, one model call per velocity);
+    def __init__(self, model: ShapesFlowModel, guidance_scale: float = 1.0, shift: float = 1.0):
+        """guidance_scale: classifier-free guidance (1.0 = none, one model call per velocity);
         shift: static schedule shift k (1.0 = the plain linear schedule)."""
-        if guidance < 1.0:
-            raise ValueError(f"guidance must be >= 1.0 (1.0 disables it), got {guidance}")
+        if guidance_scale < 1.0:
+            raise ValueError(f"guidance_scale must be >= 1.0 (1.0 disables guidance), got {guidance_scale}")
         self.model = model
         self.transformer = model.dit
-        self.guidance = guidance
+        self.guidance = guidance_scale
         self.shift = shift
         model.text_encoder.requires_grad_(False)
 
     @classmethod
-    def from_pretrained(cls, path: str | None = None, device: str | torch.device = "cpu", guidance: float = 1.0,
+    def from_pretrained(cls, path: str | None = None, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32, guidance_scale: float | None = None,
                         shift: float = 1.0) -> "ShapesAdapter":
-        """The shipped base model (path=None) or a saved checkpoint."""
-        return cls(load_flow_model(path, device), guidance=guidance, shift=shift)
+        """The shipped base model (path=None) or a saved checkpoint; guidance_scale None = 1.0 (none)."""
+        model = load_flow_model(path, device).to(dtype)
+        return cls(model, guidance_scale=1.0 if guidance_scale is None else guidance_scale, shift=shift)
 
     @property
     def image_size(self) -> int:

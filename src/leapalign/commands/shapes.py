@@ -121,8 +121,8 @@ def _eval(args: argparse.Namespace) -> int:
 
     if args.seeds < 1 or args.steps < 1:
         raise ValueError("--seeds and --steps must be >= 1")
-    adapter = ShapesAdapter.from_pretrained(args.model, args.device, guidance=args.guidance)
-    reward = ShapesReward.from_pretrained(args.reward_model, args.device)
+    adapter = ShapesAdapter.from_pretrained(args.model, device=args.device, guidance_scale=args.guidance)
+    reward = ShapesReward.from_pretrained(args.reward_model, device=args.device)
     prompts = heldout_prompts()
     rows, rewards = [], []
     for seed in range(args.seeds):

@@ -22,9 +22,10 @@ class ShapesReward:
         self._cache: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_pretrained(cls, path: str | None = None, device: str | torch.device = "cpu") -> "ShapesReward":
+    def from_pretrained(cls, path: str | None = None, *, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "ShapesReward":
         """The shipped reward model (path=None) or a saved checkpoint."""
-        return cls(load_reward_model(path, device))
+        return cls(load_reward_model(path, device).to(dtype))
 
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         """prompts -> unit embeddings (B, E), computed once per distinct caption."""

@@ -4,6 +4,11 @@ Pipeline, per image: colour segmentation (each pixel is explained as a blend of 
 palette colour, which handles anti-aliased edges), connected components per colour, shape from the component's
 which corners of its bounding box it fills, then GenEval's rules per category (counting is exact;
 position uses GenEval's relative-position rule with its 0.1 box-size threshold).
+
+Measured on 300 renders of random captions (tests/test_shapes_world.py): clean 100%; Gaussian pixel noise of
+std 0.05 about 89%; a 3x3 binomial blur about 70% (blur rounds a 7-11 px square's corners, so squares read
+as circles and counts of squares fail). Generated images sit between these, so small differences between
+methods need several seeds before they mean anything.
 """
 
 from __future__ import annotations
