@@ -155,7 +155,7 @@ def flux_workload(*, tiny: bool = False, size: int = 512, rank: int = 64, device
         info["gpu"] = torch.cuda.get_device_name()
         info["weights_gib"] = torch.cuda.memory_allocated() / 2**30
     return Workload(info["model"], adapter.velocity, _rollout_path(adapter, compile_rollout), noise, cond,
-                    reward_fn, params, lambda t: adapter.sigmas(t, size, size), info)
+                    reward_fn, params, lambda t: adapter.sigmas(t, size, size).to(device), info)
 
 
 def build_workload(model: str, *, device: str, batch: int, size: int | None, compile_rollout: bool) -> Workload:
