@@ -48,23 +48,24 @@ def _rollout_path(adapter, compile_rollout: bool):
 
 
 def shapes_workload(batch: int = 8, *, device: str = "cpu", compile_rollout: bool = False) -> Workload:
-    """ShapesWorld's DiT (all weights trainable) and learned reward: the shipped checkpoints, or random weights at
-    the default configs when they are not there (memory and time are the same)."""
+    """ShapesWorld's DiT (all weights trainable) and learned reward: each the shipped checkpoint, or random weights
+    at the default config when it is not there (memory and time are the same; reward gains are not)."""
     from leapalign.adapters.shapes import ShapesAdapter
     from leapalign.rewards.shapes import ShapesReward
     from leapalign.shapes.model import FlowModelConfig, ShapesFlowModel
     from leapalign.shapes.prompts import train_prompts
     from leapalign.shapes.reward_model import RewardModelConfig, ShapesRewardModel
 
+    torch.manual_seed(0)
     try:
-        adapter = ShapesAdapter.from_pretrained(device=device)
-        reward = ShapesReward.from_pretrained(device=device)
-        weights = "shipped"
+        adapter, flow_weights = ShapesAdapter.from_pretrained(device=device), "shipped"
     except FileNotFoundError:
-        torch.manual_seed(0)
-        adapter = ShapesAdapter(ShapesFlowModel(FlowModelConfig()).to(device))
-        reward = ShapesReward(ShapesRewardModel(RewardModelConfig()).to(device))
-        weights = "random (shipped checkpoint not found)"
+        adapter, flow_weights = ShapesAdapter(ShapesFlowModel(FlowModelConfig()).to(device)), "random"
+    try:
+        reward, reward_weights = ShapesReward.from_pretrained(device=device), "shipped"
+    except FileNotFoundError:
+        reward, reward_weights = ShapesReward(ShapesRewardModel(RewardModelConfig()).to(device)), "random"
+    weights = f"flow {flow_weights}, reward {reward_weights}"
     prompts = list(itertools.islice(itertools.cycle(train_prompts()), batch))
     cond = adapter.encode_prompts(prompts)
     noise = adapter.noise(batch, torch.Generator().manual_seed(0))

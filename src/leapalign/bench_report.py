@@ -50,11 +50,13 @@ def plot(doc: dict, path: str | Path) -> Path | None:
     scale, unit = (1024, "GiB") if cuda else (1, "MiB")
     rows = doc["rows"]
     fig, (ax_t, ax_k) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax_t.set_prop_cycle(color=plt.cm.tab20.colors)  # up to 11 methods: the default cycle repeats after 10
     for label in dict.fromkeys(r["label"] for r in rows if "@" not in r["label"]):
         pts = sorted((r["steps"], r["extra_mib"] / scale) for r in rows if r["label"] == label)
         ax_t.plot(*zip(*pts), marker="o", label=label)
     ax_t.set(xlabel="sampling steps T", ylabel=f"peak memory over start ({unit})", title="memory vs T")
     ax_t.legend(fontsize=7)
+    ax_t.set_ylim(bottom=0)
     sweep = [r for r in rows if r["leap_k"] is not None]
     if sweep:
         steps = sweep[0]["steps"]
@@ -62,13 +64,15 @@ def plot(doc: dict, path: str | Path) -> Path | None:
             pts = sorted((r["leap_k"], r["extra_mib"] / scale) for r in sweep if r["label"].startswith(name + "@"))
             if pts:
                 ax_k.plot(*zip(*pts), marker="o", label=name)
-        draft = sorted((steps - r["cfg"]["k"], r["extra_mib"] / scale) for r in rows
-                       if r["method"] in ("draft", "full") and r["steps"] == steps and "k" in r["cfg"])
+        # DRaFT-K's gradient reaches step T - K; full backpropagation (K = T) reaches step 0
+        draft = sorted((steps - r["cfg"].get("k", steps), r["extra_mib"] / scale) for r in rows
+                       if r["method"] in ("draft", "full") and r["steps"] == steps)
         if draft:
             ax_k.plot(*zip(*draft), marker="s", linestyle="--", label="draft K (at T - K)")
         ax_k.set(xlabel=f"earliest step reached by the gradient (T = {steps})", ylabel=f"peak over start ({unit})",
                  title="memory vs leap start step")
         ax_k.legend(fontsize=7)
+        ax_k.set_ylim(bottom=0)
     fig.suptitle(f"{doc['workload'].get('model')} on {doc['environment'].get('gpu', 'CPU')}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
