@@ -227,6 +227,9 @@ def measure_floor(wl: Workload, steps: int, warmup: int, iters: int) -> dict:
     parts = {"rollout_s": _median_time(rollout, dev, warmup, iters),
              "forward_backward_s": _median_time(forward_backward, dev, warmup, iters),
              "reward_s": _median_time(reward, dev, warmup, iters)}
+    if wl.info.get("compile_rollout"):  # the eager rollout beside the compiled one, for the speed-up
+        parts["rollout_eager_s"] = _median_time(
+            lambda: sample_trajectory(wl.velocity, wl.noise, sigmas, wl.cond, inference_mode=True), dev, warmup, iters)
     release(wl)
     floor = parts["rollout_s"] + 2 * parts["forward_backward_s"] + parts["reward_s"]
     return {"steps": steps, **parts, "floor_s": floor}

@@ -31,6 +31,10 @@ def table(doc: dict) -> str:
             if cuda:
                 line += f" {f['rollout_tflops_per_s']:.0f} |"
             lines.append(line)
+    for f in doc["floors"]:
+        if "rollout_eager_s" in f:
+            lines.append(f"\nT = {f['steps']}: compiled rollout {f['rollout_s']:.3f} s, eager "
+                         f"{f['rollout_eager_s']:.3f} s (x{f['rollout_eager_s'] / f['rollout_s']:.2f}).")
     if "matmul_peak_tflops" in doc:
         lines += ["", f"Measured bf16 matmul peak: {doc['matmul_peak_tflops']:.0f} TFLOP/s."]
     return "\n".join(lines)
