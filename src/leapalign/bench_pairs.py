@@ -8,6 +8,7 @@ batch (own noise, no gradient) before and after; gain per second divides by the 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import torch
 
@@ -26,8 +27,6 @@ def eval_reward(wl, steps: int) -> float:
 def pairs_gain(spec, pairs: list[int], *, steps: int = 25, iters: int = 30, lr: float = 1e-4,
                alpha: float = 0.3) -> dict:
     """spec: a bench_run.BenchSpec. -> {"spec", "steps", "iters", "lr", "rows": [{pairs, reward_before, ...}]}."""
-    from dataclasses import asdict
-
     rows = []
     for m in pairs:
         wl = spec.build()  # the same seeded starting weights for every M
