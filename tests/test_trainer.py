@@ -111,3 +111,20 @@ def test_ema_follows_its_recurrence():
     with ema.swapped():
         torch.testing.assert_close(p.data, expected)
     assert torch.equal(p.data, torch.full((3,), -1.0))
+
+
+def test_composite_reward_terms_are_trained_on_and_logged(tmp_path):
+    terms = [{"name": "toy:toy_reward", "weight": 2.0}, {"name": "toy:toy_reward", "weight": 0.5, "hinge": 1e6}]
+    result = train(toy_config(tmp_path, iterations=2, reward__terms=terms), progress=False)
+    last = [r for r in result.history if "loss" in r][-1]
+    # both raw terms are logged; the same reward twice -> name, name#2, with identical raw values
+    assert last["reward/toy:toy_reward"] == pytest.approx(last["reward/toy:toy_reward#2"])
+    # the hinge (a cap) is far above the reward: total = 2 r + 0.5 r
+    assert last["reward"] == pytest.approx(2.5 * last["reward/toy:toy_reward"], rel=1e-5)
+
+
+def test_bad_composite_terms_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match=r"reward.terms\[0\]"):
+        toy_config(tmp_path, reward__terms=[{"weight": 1.0}])
+    with pytest.raises(ValueError, match="unknown key"):
+        toy_config(tmp_path, reward__terms=[{"name": "toy:toy_reward", "wieght": 1.0}])

@@ -43,6 +43,9 @@ class ModelConfig:
 class RewardConfig:
     name: str = _f("shapes", "reward: hpsv2, hpsv21, pickscore, clip, aesthetic, imagereward, shapes, or 'pkg.mod:fn'")
     path: str | None = _f(None, "reward weights file/directory (None = the reward's default location)")
+    terms: list = _f([], "composite reward: a list of {name, weight, mean, std, hinge, path} mappings; the total is "
+                         "sum weight * (min(r, hinge) - mean) / std and each raw r is logged; when set, name/path "
+                         "are ignored")
 
 
 @dataclass
@@ -230,7 +233,24 @@ def validate(cfg: TrainConfig) -> None:
     e = cfg.eval
     _check(e.every >= 0 and e.num_prompts >= 0, "eval.every and eval.num_prompts must be >= 0")
     _check(e.num_steps >= 1 and e.batch_size >= 1, "eval.num_steps and eval.batch_size must be >= 1")
+    composite_terms(cfg)
     method_config(cfg)
+
+
+def composite_terms(cfg: TrainConfig) -> list:
+    """reward.terms as validated CompositeTerm records (empty list = a single reward by name)."""
+    from leapalign.rewards.composite import CompositeTerm
+
+    terms = []
+    for i, item in enumerate(cfg.reward.terms):
+        _check(isinstance(item, dict) and "name" in item,
+               f"reward.terms[{i}] must be a mapping with at least a name, e.g. {{name: hpsv21, weight: 1.0}}")
+        try:
+            terms.append(CompositeTerm(**item))
+        except TypeError:
+            raise ValueError(f"reward.terms[{i}] has an unknown key; allowed: name, weight, mean, std, hinge, "
+                             f"path") from None
+    return terms
 
 
 def method_config(cfg: TrainConfig) -> Any:

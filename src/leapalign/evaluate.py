@@ -69,7 +69,7 @@ def score_images(images: torch.Tensor, prompts: list[str], reward=None, *, genev
         for first in range(0, len(prompts), batch_size):
             chunk = images[first:first + batch_size].to(device)
             values.append(reward(chunk, prompts[first:first + batch_size]).float().cpu())
-            for name, value in getattr(reward, "last_components", {}).items():
+            for name, value in getattr(reward, "last_values", {}).items():
                 parts.setdefault(name, []).append(value.float().cpu())
         r = torch.cat(values)
         metrics.update(reward_mean=float(r.mean()), reward_std=float(r.std()) if r.numel() > 1 else 0.0)

@@ -24,12 +24,13 @@ from tqdm.auto import tqdm
 from leapalign import checkpoint, evaluate
 from leapalign.adapters import load_adapter
 from leapalign.adapters.lora import LoraConfig, apply_lora, save_lora, set_full_finetuning
-from leapalign.config import TrainConfig, method_config, to_dict, validate
+from leapalign.config import TrainConfig, composite_terms, method_config, to_dict, validate
 from leapalign.data import PromptOrder, generator, load_prompts, spread
 from leapalign.ema import EMA
 from leapalign.methods import get_method
 from leapalign.metrics_log import MetricsLog
 from leapalign.rewards import load_reward
+from leapalign.rewards.composite import CompositeReward
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -90,7 +91,9 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, progress: bool, t_start: 
     eval_prompts = spread(load_prompts(cfg.eval.prompts), cfg.eval.num_prompts) if cfg.eval.prompts else []
     method, mcfg = get_method(cfg.method.name), method_config(cfg)
     adapter = build_model(cfg, device)
-    reward = load_reward(cfg.reward.name, path=cfg.reward.path, device=device)
+    terms = composite_terms(cfg)
+    reward = (CompositeReward.from_terms(terms, device=device) if terms
+              else load_reward(cfg.reward.name, path=cfg.reward.path, device=device))
     m = cfg.model
     sigmas = adapter.sigmas(m.num_steps, m.height, m.width)
     latent_shape = adapter.latent_shape(m.height, m.width)
@@ -191,7 +194,8 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, progress: bool, t_start: 
                                   generator(cfg.seed, 2, step, micro), backward=backward)
                 if not out.backward_done:
                     backward(out.loss)
-            for k, v in out.metrics.items():
+            parts = reward.metrics() if isinstance(reward, CompositeReward) else {}  # raw per-term rewards
+            for k, v in {**out.metrics, **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v / accum
 
         # Clip (and measure) the global gradient norm; non-finite anywhere -> skip the update on every process.
