@@ -148,3 +148,11 @@ def test_shipped_flow_model_loads_into_the_adapter():
     a = ShapesAdapter.from_pretrained()
     img = a.generate(["a photo of a red circle"], 2, a.noise(1, torch.Generator().manual_seed(0)))
     assert img.shape == (1, 3, 32, 32) and 0 <= float(img.min()) and float(img.max()) <= 1
+
+
+def test_shapes_cli_rejects_bad_input(capsys, tmp_path):
+    from leapalign.cli import main
+
+    assert main(["shapes", "eval", "--seeds", "0"]) == 2
+    assert main(["shapes", "eval", "--model", str(tmp_path / "none")]) == 2
+    assert "leapalign shapes pretrain" in capsys.readouterr().err

@@ -1,0 +1,23 @@
+"""ShapesWorld: an offline text-to-image world where GenEval's six categories are checkable exactly.
+
+    prompts.py       vocabulary, GenEval caption templates, parse_prompt, train/held-out splits (disjoint
+                     compositions), hard-negative edits
+    render.py        sample_scenes(prompts, generator) -> SceneBatch; render(scenes) -> (B, 3, S, S) in [0, 1]
+    evaluator.py     detect / check / evaluate / geneval_scores / layout_changed (never a training signal)
+    model.py         word-level text encoder + DiT-style rectified-flow transformer (pixel space, [-1, 1])
+    reward_model.py  contrastive image-text reward model (differentiable w.r.t. pixels)
+    pretrain.py      pretrain_flow / train_reward loops (what `leapalign shapes pretrain|reward` run)
+    checkpoint.py    save_model, load_flow_model, load_reward_model; the shipped files are in assets/shapes/
+
+Typical use (the shipped models; adapter and reward follow the library's protocols):
+
+    from leapalign.adapters.shapes import ShapesAdapter
+    from leapalign.rewards.shapes import ShapesReward
+    from leapalign.shapes.prompts import heldout_prompts, train_prompts
+    from leapalign.shapes.evaluator import evaluate, geneval_scores
+
+    adapter, reward = ShapesAdapter.from_pretrained(), ShapesReward.from_pretrained()
+    prompts = heldout_prompts()
+    images = adapter.generate(prompts, 20, adapter.noise(len(prompts), torch.Generator().manual_seed(0)))
+    scores = geneval_scores(prompts, evaluate(images, prompts))   # {"overall": ..., "position": ..., ...}
+"""
