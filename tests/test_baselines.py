@@ -169,3 +169,26 @@ def test_registry_and_config_errors():
     model, noise, cond, reward, sig = setup()
     with pytest.raises(ValueError, match="k must be in"):
         METHODS["draft"].step(model, noise, sig, cond, reward, METHODS["draft"].config(k=T + 1), torch.Generator())
+
+
+def test_draft_lv_per_term_backward_equals_one_backward():
+    model, noise, cond, reward, sig = setup()
+    cfg = METHODS["draft_lv"].config(n_extra=2)
+    one = METHODS["draft_lv"].step(model, noise, sig, cond, reward, cfg, torch.Generator().manual_seed(3))
+    ref = grads(model, one.loss)
+    model.zero_grad()
+    split = METHODS["draft_lv"].step(model, noise, sig, cond, reward, cfg, torch.Generator().manual_seed(3),
+                                     backward=lambda loss: loss.backward())
+    assert split.backward_done and float(split.loss) == pytest.approx(float(one.loss.detach()), rel=1e-12)
+    assert_grads_equal([p.grad for p in model.parameters()], ref)
+
+
+@pytest.mark.parametrize("steps", [2, 3, 4, 25])
+def test_drtune_always_reaches_k_training_steps(steps):
+    model, noise, cond, reward, _ = setup()
+    sig = sigma_schedule(steps, dtype=torch.float64)
+    for seed in range(15):
+        out = METHODS["drtune"].step(model, noise, sig, cond, reward, METHODS["drtune"].config(),
+                                     torch.Generator().manual_seed(seed))
+        assert out.loss.requires_grad
+        assert 1 <= out.metrics["t_min"] <= steps - 1 and out.metrics["first_train_step"] <= out.metrics["t_min"]

@@ -4,7 +4,9 @@ DRaFT-K: roll out without gradient to step T-K, then K grad-enabled Euler steps 
 model inputs too) to x_0, reward on x_0. Each step is gradient-checkpointed, so memory grows by one step's
 activations-at-the-boundary rather than a whole forward per step.
 DRaFT-LV: K = 1, plus n extra samples: re-noise sg(x_0) to the last step's sigma with fresh noise, take one
-grad-enabled step from there, and add their reward gradients (loss terms are summed, as in the paper).
+grad-enabled step from there, and add their reward gradients (loss terms are summed, as in the paper). With a
+`backward` callback each term is backpropagated as soon as it is built, so one decoder+reward graph is alive at
+a time instead of n + 1.
 """
 
 from __future__ import annotations
@@ -82,10 +84,18 @@ def step_lv(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, con
             backward: Callable[[torch.Tensor], None] | None = None) -> LossOutput:
     loss, rewards, x0 = truncated_backprop(velocity, noise, sigmas, cond, reward_fn, 1, cfg.hinge,
                                            cfg.checkpointing)
+    x0 = x0.detach()
+    if backward is not None:
+        backward(loss)
+        loss = loss.detach()
     last = sigmas.shape[0] - 2
     for _ in range(cfg.n_extra):
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        x_re = add_noise(x0.detach(), eps, sigmas[last])
-        x0_re = grad_steps(velocity, x_re, sigmas, cond, last, cfg.checkpointing)
-        loss = loss + reward_loss(call_reward(reward_fn, x0_re), cfg.hinge).mean()
-    return LossOutput(loss, reward_metrics(rewards, loss))
+        x_re = add_noise(x0, eps, sigmas[last])
+        term = reward_loss(call_reward(reward_fn, grad_steps(velocity, x_re, sigmas, cond, last, cfg.checkpointing)),
+                           cfg.hinge).mean()
+        if backward is not None:
+            backward(term)
+            term = term.detach()
+        loss = loss + term
+    return LossOutput(loss, reward_metrics(rewards, loss), backward_done=backward is not None)

@@ -2,10 +2,11 @@
 
 Every step runs with its model input detached, x_{i+1} = x_i + (s_{i+1} - s_i) v(sg(x_i), s_i), so the
 reward gradient flows only along the additive Euler chain (no Jacobians dv/dx). Only K equally spaced
-"training steps" (s0 = randint over [0, T - (K-1)(T//K)), steps s0 + i (T//K)) keep parameter gradients; the
-rest are computed without a graph. The rollout stops early at t_min, drawn from the last n_last steps, and the
-reward is taken on x0_hat = x_tmin - s_tmin v(sg(x_tmin), s_tmin) (a parameter gradient only if t_min is a
-training step). Training steps past t_min are never reached, so they contribute nothing.
+"training steps" keep parameter gradients; the rest are computed without a graph. The rollout stops early at
+t_min, drawn from the last n_last steps (and >= K-1), and the reward is taken on x0_hat = x_tmin - s_tmin v(sg(x_tmin), s_tmin).
+The training steps are spaced over the N = t_min + 1 velocity calls actually made (s0 = randint over
+[0, N - (K-1)(N//K)), steps s0 + i (N//K)), so all K are always reached; with N = T this is the paper's rule,
+and drawing over T instead would leave short rollouts (small T) without any parameter gradient.
 """
 
 from __future__ import annotations
@@ -67,11 +68,13 @@ def step(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, cond: 
          cfg: DRTuneConfig, generator: torch.Generator,
          backward: Callable[[torch.Tensor], None] | None = None) -> LossOutput:
     num_steps = check_schedule_batch(noise, sigmas)
-    train_steps = training_steps(num_steps, cfg.k, generator)
-    t_min = draw_int(max(0, num_steps - cfg.n_last), num_steps - 1, generator)
+    if cfg.k > num_steps:
+        raise ValueError(f"DRTune's k = {cfg.k} training steps need T >= k, got T = {num_steps}")
+    # t_min >= k - 1 so the stopped rollout makes at least k velocity calls
+    t_min = draw_int(max(cfg.k - 1, num_steps - cfg.n_last), num_steps - 1, generator)
+    train_steps = training_steps(t_min + 1, cfg.k, generator)
     x0_hat = drtune_prediction(velocity, noise.detach(), sigmas, cond, train_steps, t_min, cfg.checkpointing)
     rewards = call_reward(reward_fn, x0_hat)
     loss = reward_loss(rewards, cfg.hinge).mean()
-    used = sum(1 for i in train_steps if i <= t_min)
     return LossOutput(loss, {**reward_metrics(rewards, loss), "t_min": float(t_min), "sigma_t": float(sigmas[t_min]),
-                             "train_steps_used": float(used)})
+                             "first_train_step": float(train_steps[0])})
