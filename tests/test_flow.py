@@ -106,3 +106,18 @@ def test_bad_schedule_arguments():
         sigma_schedule(0)
     with pytest.raises(ValueError, match="shift"):
         sigma_schedule(4, shift=-1.0)
+
+
+def test_inference_rollout_wrapper_same_values_and_gradients():
+    from leapalign.flow import inference_rollout
+
+    lin = torch.nn.Linear(4, 4)
+    fast = inference_rollout(lambda x, s, c: lin(x))
+    noise, sig = torch.randn(2, 4), sigma_schedule(3)
+    traj = sample_trajectory(fast, noise, sig)
+    assert torch.equal(traj.latents, sample_trajectory(lambda x, s, c: lin(x), noise, sig).latents)
+    x = traj.latents[1]
+    with torch.no_grad():
+        assert not fast(x, sig[:2], None).is_inference()
+    fast(x, sig[:2], None).sum().backward()  # grad-enabled calls take the training path
+    assert lin.weight.grad is not None and float(lin.weight.grad.abs().sum()) > 0

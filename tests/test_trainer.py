@@ -128,3 +128,10 @@ def test_bad_composite_terms_are_rejected(tmp_path):
         toy_config(tmp_path, reward__terms=[{"weight": 1.0}])
     with pytest.raises(ValueError, match="unknown key"):
         toy_config(tmp_path, reward__terms=[{"name": "toy:toy_reward", "wieght": 1.0}])
+
+
+def test_inference_mode_rollout_does_not_change_training(tmp_path):
+    a = train(toy_config(tmp_path / "a", iterations=2), progress=False)
+    b = train(toy_config(tmp_path / "b", iterations=2, model__inference_rollout=False), progress=False)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)

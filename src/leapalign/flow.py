@@ -137,3 +137,20 @@ def integrate(
             v = velocity(x, sigmas[i].expand(x.shape[0]).to(x.dtype), cond)
             x = euler_step(x, v.to(x.dtype), sigmas[i], sigmas[i + 1]).to(x.dtype)
     return x
+
+
+def inference_rollout(velocity: VelocityFn) -> VelocityFn:
+    """Wrap a velocity so that its no-grad calls (the rollout) run under torch.inference_mode.
+
+    Grad-enabled calls pass through unchanged. The fast path's output is cloned outside inference mode so that
+    methods may later use rollout latents on a gradient path (inference tensors cannot be saved for backward).
+    """
+
+    def wrapped(x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return velocity(x, sigma, cond)
+        with torch.inference_mode():
+            v = velocity(x, sigma, cond)
+        return v.clone()
+
+    return wrapped

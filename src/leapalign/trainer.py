@@ -26,6 +26,7 @@ from leapalign.adapters import load_adapter
 from leapalign.adapters.lora import LoraConfig, apply_lora, save_lora, set_full_finetuning
 from leapalign.config import TrainConfig, composite_terms, method_config, to_dict, validate
 from leapalign.data import PromptOrder, generator, load_prompts, spread
+from leapalign.flow import inference_rollout
 from leapalign.ema import EMA
 from leapalign.methods import get_method
 from leapalign.metrics_log import MetricsLog
@@ -96,6 +97,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, progress: bool, t_start: 
               else load_reward(cfg.reward.name, path=cfg.reward.path, device=device))
     m = cfg.model
     sigmas = adapter.sigmas(m.num_steps, m.height, m.width)
+    velocity = inference_rollout(adapter.velocity) if m.inference_rollout else adapter.velocity
     latent_shape = adapter.latent_shape(m.height, m.width)
 
     params = adapter.trainable_parameters()
@@ -190,7 +192,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, progress: bool, t_start: 
             # processes for a given (step, micro), as one process with the whole global batch would use one.
             sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
             with sync:
-                out = method.step(adapter.velocity, noise, sigmas, cond, reward_fn, mcfg,
+                out = method.step(velocity, noise, sigmas, cond, reward_fn, mcfg,
                                   generator(cfg.seed, 2, step, micro), backward=backward)
                 if not out.backward_done:
                     backward(out.loss)
