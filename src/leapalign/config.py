@@ -37,6 +37,8 @@ class ModelConfig:
     lora_alpha: float | None = _f(None, "LoRA scaling alpha (None = equal to the rank)")
     lora_targets: str = _f("default", "LoRA target preset of adapters/lora.py: attn, default or all")
     gradient_checkpointing: bool = _f(False, "recompute transformer activations in backward (less memory, ~30% slower)")
+    embedding_cache: str | None = _f(None, "directory of precomputed prompt embeddings (flux/sd3): missing or "
+                                           "stale entries are encoded once, then the text encoders are freed")
     inference_rollout: bool = _f(True, "run the no-grad rollout under torch.inference_mode (faster; turn off for a "
                                        "model that caches tensors lazily inside forward)")
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from leapalign import checkpoint, evaluate
 from leapalign.adapters import load_adapter
+from leapalign.adapters.cache import EmbeddingCache, ensure_cache
 from leapalign.adapters.lora import LoraConfig, apply_lora, save_lora, set_full_finetuning
 from leapalign.config import TrainConfig, composite_terms, method_config, to_dict, validate
 from leapalign.data import PromptOrder, generator, load_prompts, spread
@@ -65,6 +66,17 @@ def build_model(cfg: TrainConfig, device: torch.device | str):
     return adapter
 
 
+def use_embedding_cache(adapter, root: str, prompts: list[str]) -> None:
+    """Encode the prompts missing from the cache at `root`, free the text encoders, and make the adapter read
+    every later encode_prompts (training and evaluation) from the cache."""
+    if not hasattr(adapter, "cache_settings"):
+        raise ValueError(f"model.embedding_cache needs a flux or sd3 model; {type(adapter).__name__} has no "
+                         f"text-encoder cache, set model.embedding_cache=none")
+    ensure_cache(adapter, prompts, root)
+    adapter.drop_text_encoders()
+    adapter.encode_prompts = EmbeddingCache.for_adapter(root, adapter).load  # instance attribute shadows the method
+
+
 def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     validate(cfg)
     t_start = time.perf_counter()
@@ -92,6 +104,9 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, progress: bool, t_start: 
     eval_prompts = spread(load_prompts(cfg.eval.prompts), cfg.eval.num_prompts) if cfg.eval.prompts else []
     method, mcfg = get_method(cfg.method.name), method_config(cfg)
     adapter = build_model(cfg, device)
+    if cfg.model.embedding_cache:
+        with accelerator.main_process_first():  # one writer; the other ranks then find every entry valid
+            use_embedding_cache(adapter, cfg.model.embedding_cache, order.prompts + eval_prompts)
     terms = composite_terms(cfg)
     reward = (CompositeReward.from_terms(terms, device=device) if terms
               else load_reward(cfg.reward.name, path=cfg.reward.path, device=device))
