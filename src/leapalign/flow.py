@@ -105,15 +105,10 @@ def sample_trajectory(
     """
     check_schedule(sigmas)
     sig = sigmas.to(device=noise.device)
-    batch = noise.shape[0]
     steps = [noise]
-    ctx = torch.inference_mode() if inference_mode else torch.no_grad()
-    with ctx:
-        x = noise
+    with torch.inference_mode() if inference_mode else torch.no_grad():
         for i in range(sig.shape[0] - 1):
-            v = velocity(x, sig[i].expand(batch).to(noise.dtype), cond)
-            x = euler_step(x, v.to(x.dtype), sig[i], sig[i + 1]).to(noise.dtype)
-            steps.append(x)
+            steps.append(_euler(velocity, steps[-1], sig, i, cond))
     with torch.no_grad():
         latents = torch.stack(steps)  # (T+1, B, ...)
     return Trajectory(latents=latents, sigmas=sig)
@@ -132,11 +127,17 @@ def integrate(
     stop = sigmas.shape[0] - 1 if stop is None else stop
     if not 0 <= start <= stop <= sigmas.shape[0] - 1:
         raise ValueError(f"need 0 <= start <= stop <= T, got start={start}, stop={stop}, T={sigmas.shape[0] - 1}")
+    sig = sigmas.to(device=x.device)
     with torch.no_grad():
         for i in range(start, stop):
-            v = velocity(x, sigmas[i].expand(x.shape[0]).to(x.dtype), cond)
-            x = euler_step(x, v.to(x.dtype), sigmas[i], sigmas[i + 1]).to(x.dtype)
+            x = _euler(velocity, x, sig, i, cond)
     return x
+
+
+def _euler(velocity: VelocityFn, x: torch.Tensor, sigmas: torch.Tensor, i: int, cond: Any) -> torch.Tensor:
+    """One Euler step i of the sampler (sigmas on x's device), in x's dtype."""
+    v = velocity(x, sigmas[i].expand(x.shape[0]).to(x.dtype), cond)
+    return euler_step(x, v.to(x.dtype), sigmas[i], sigmas[i + 1]).to(x.dtype)
 
 
 def inference_rollout(velocity: VelocityFn) -> VelocityFn:

@@ -31,7 +31,7 @@ def call_reward(reward_fn: RewardFn, x0: torch.Tensor) -> torch.Tensor:
 
 def call_velocity(velocity: VelocityFn, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
     """velocity(x, sigma expanded to (B,), cond), checked to return a tensor shaped like x."""
-    v = velocity(x, sigma.expand(x.shape[0]).to(x.dtype), cond)
+    v = velocity(x, sigma.expand(x.shape[0]).to(device=x.device, dtype=x.dtype), cond)
     if v.shape != x.shape:
         raise ValueError(f"velocity must return a tensor shaped like its input {tuple(x.shape)}, got {tuple(v.shape)}")
     return v
