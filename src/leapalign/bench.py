@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from leapalign.flow import sample_trajectory
+from leapalign.flow import inference_rollout, sample_trajectory
 from leapalign.methods import METHODS
 from leapalign.methods.leapalign import reward_gradient
 from leapalign.types import RewardFn, VelocityFn
@@ -95,11 +95,12 @@ def sync(device: torch.device) -> None:
 
 class SplitVelocity:
     """velocity(x, sigma, cond): grad-enabled calls -> the training path; no-grad calls -> the fast path under
-    inference_mode, timed. The fast path's output is cloned outside inference mode, so methods may later save
-    rollout latents for backward (inference tensors cannot be)."""
+    inference_mode (flow.inference_rollout, which clones the output so methods may later save rollout latents
+    for backward), timed."""
 
     def __init__(self, wl: Workload):
         self.wl = wl
+        self.fast = inference_rollout(wl.rollout)
         self.reset()
 
     def reset(self) -> None:
@@ -111,9 +112,7 @@ class SplitVelocity:
             return self.wl.velocity(x, sigma, cond)
         sync(x.device)
         start = time.perf_counter()
-        with torch.inference_mode():
-            v = self.wl.rollout(x, sigma, cond)
-        v = v.clone()
+        v = self.fast(x, sigma, cond)  # grad is disabled here, so this takes the inference-mode path
         sync(x.device)
         self.nograd_s += time.perf_counter() - start
         self.nograd_calls += 1

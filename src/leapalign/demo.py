@@ -15,8 +15,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from leapalign.methods import get_method
 
 
@@ -97,7 +95,6 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     captions = heldout_prompts(cfg.eval_per_category)
     prompts = captions * cfg.eval_repeats  # sample i has its own noise, so repeats are distinct samples
     reward = load_reward("shapes")
