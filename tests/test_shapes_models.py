@@ -9,8 +9,9 @@ from leapalign.rewards.shapes import ShapesReward
 from leapalign.shapes.checkpoint import SHIPPED, load_flow_model, load_reward_model, save_model
 from leapalign.shapes.evaluator import facts, requirements, scene_objects
 from leapalign.shapes.model import FlowModelConfig, ShapesFlowModel, TextEncoderConfig, tokenize
-from leapalign.shapes.pretrain import (FlowPretrainConfig, RewardTrainConfig, pretrain_flow, sample_prompts,
-                                       train_reward)
+from leapalign.shapes.batches import sample_prompts
+from leapalign.shapes.pretrain import FlowPretrainConfig, pretrain_flow
+from leapalign.shapes.reward_train import RewardTrainConfig, reward_accuracy, train_reward
 from leapalign.shapes.prompts import perturbations
 from leapalign.shapes.render import render, sample_scenes
 from leapalign.shapes.reward_model import RewardModelConfig, ShapesRewardModel
@@ -139,7 +140,6 @@ def test_flow_pretraining_reduces_loss_and_respects_mix():
 
 @pytest.mark.skipif(not SHIPPED["reward"].is_file(), reason="shipped reward checkpoint not present")
 def test_shipped_reward_prefers_true_captions():
-    from leapalign.commands.shapes import reward_accuracy
     assert reward_accuracy(load_reward_model(), n=64) > 0.85
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from leapalign.shapes import prompts as P
 from leapalign.shapes.evaluator import (check, detect, evaluate, facts, geneval_scores, layout_changed,
                                         relations, scene_objects, DetectedObject)
-from leapalign.shapes.pretrain import sample_prompts
+from leapalign.shapes.batches import sample_prompts
 from leapalign.shapes.render import SceneBatch, render, sample_scenes
 
 

@@ -23,13 +23,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--sigma-sampling", default="uniform", choices=("uniform", "logit_normal"),
                    help="training sigma distribution")
     p.add_argument("--init", default=None, help="continue from this flow checkpoint (a second training stage)")
+    p.add_argument("--dim", type=int, default=128, help="transformer width (a fresh model; --init keeps its own)")
+    p.add_argument("--depth", type=int, default=4, help="DiT blocks (a fresh model; --init keeps its own)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    p.add_argument("--workers", type=int, default=0, help="processes rendering batches (0 = none)")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     r = sub.add_parser("reward", help="train the contrastive reward model with hard negatives")
     r.add_argument("--out", default="runs/shapes/reward", help="checkpoint path (writes .safetensors and .json)")
     r.add_argument("--steps", type=int, default=6000, help="optimizer steps")
     r.add_argument("--batch-size", type=int, default=256, help="image-caption pairs per step")
+    r.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
+    r.add_argument("--robust-weight", type=float, default=1.0,
+                   help="weight of the clean-beats-corrupted ranking loss (0 = contrastive only)")
     r.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    r.add_argument("--workers", type=int, default=0, help="processes making batches (0 = none)")
     r.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     e = sub.add_parser("eval", help="GenEval-like scores and reward of a flow model on the held-out captions")
     e.add_argument("--model", default=None, help="flow checkpoint (default: the shipped base model)")
@@ -55,10 +62,12 @@ def _provenance(args: argparse.Namespace, start: float) -> dict:
 
 def _pretrain(args: argparse.Namespace) -> int:
     from leapalign.shapes.checkpoint import load_flow_model, model_info, save_model
+    from leapalign.shapes.model import FlowModelConfig
     from leapalign.shapes.pretrain import FlowPretrainConfig, pretrain_flow
 
     cfg = FlowPretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             device=args.device, save_every=500, sigma_sampling=args.sigma_sampling)
+                             device=args.device, save_every=500, sigma_sampling=args.sigma_sampling,
+                             workers=args.workers, model=FlowModelConfig(dim=args.dim, depth=args.depth))
     init = load_flow_model(args.init, args.device) if args.init else None
     if init is not None:
         cfg.model = init.cfg
@@ -75,41 +84,21 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def reward_accuracy(model, n: int = 512, seed: int = 12345, device: str = "cpu") -> float:
-    """Share of (render, hard negative) pairs where the reward prefers the true caption, on clean renders."""
-    from leapalign.shapes.evaluator import facts, requirements, scene_objects
-    from leapalign.shapes.pretrain import sample_prompts
-    from leapalign.shapes.prompts import perturbations
-    from leapalign.shapes.render import render, sample_scenes
-
-    g = torch.Generator().manual_seed(seed)
-    prompts = sample_prompts(n, g)
-    scenes = sample_scenes(prompts, g, model.cfg.image_size)
-    images = render(scenes, device)
-    truth = [facts(o) for o in scene_objects(scenes)]
-    wins = []
-    with torch.no_grad():
-        pos = model(images, [p.text for p in prompts])
-        for i, p in enumerate(prompts):
-            negs = [q.text for q in perturbations(p) if not requirements(q) <= truth[i]]
-            if negs:
-                neg = model(images[i:i + 1].expand(len(negs), -1, -1, -1), negs)
-                wins += (pos[i] > neg).tolist()
-    return sum(wins) / len(wins)
-
-
 def _reward(args: argparse.Namespace) -> int:
     from leapalign.shapes.checkpoint import save_model
-    from leapalign.shapes.pretrain import RewardTrainConfig, train_reward
+    from leapalign.shapes.reward_train import RewardTrainConfig, reward_accuracy, reward_hackability, train_reward
 
-    cfg = RewardTrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, device=args.device)
+    cfg = RewardTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                            device=args.device, workers=args.workers, robust_weight=args.robust_weight)
     start = time.time()
     model = train_reward(cfg, _progress(start),
                          lambda step, m: save_model(m, args.out, {**_provenance(args, start), "steps": step}))
     info = _provenance(args, start)
     info["hard_negative_accuracy"] = round(reward_accuracy(model, device=args.device), 4)
+    info["hackability"] = {k: round(v, 4) for k, v in reward_hackability(model, device=args.device).items()}
     save_model(model, args.out, {**info, "steps": cfg.steps})
-    print(f"saved {args.out}.safetensors  (held-out hard-negative accuracy {info['hard_negative_accuracy']:.3f})")
+    print(f"saved {args.out}.safetensors  (held-out hard-negative accuracy {info['hard_negative_accuracy']:.3f}, "
+          f"hackability {info['hackability']})")
     return 0
 
 
