@@ -26,6 +26,7 @@ class DemoConfig:
     batch_size: int = 8           # prompts per iteration
     num_steps: int = 10           # Euler steps T of every training rollout (equal for all methods)
     eval_steps: int = 10          # Euler steps for evaluation sampling
+    guidance: float = 3.0         # classifier-free guidance of every rollout, training and evaluation (1 = none)
     eval_per_category: int = 8    # held-out captions per GenEval category (at most; 6 categories)
     eval_repeats: int = 4         # noise samples per held-out caption (the held-out split has few captions)
     lr: float = 1e-5              # AdamW learning rate (3e-5 and up: the reward is hacked with patch noise)
@@ -44,6 +45,8 @@ class DemoConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.num_steps < 2:
             raise ValueError("num_steps must be >= 2 (a leap pair needs two steps before the sample)")
+        if self.guidance < 1:
+            raise ValueError(f"guidance must be >= 1 (1 disables it), got {self.guidance}")
         if not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
@@ -61,7 +64,8 @@ def train_config(cfg: DemoConfig, method: str, seed: int, out: Path):
         "output_dir": str(out / "runs" / f"{method}_seed{seed}"), "iterations": cfg.iterations,
         "batch_size": cfg.batch_size, "seed": seed, "ema_decay": cfg.ema_decay, "save_every": 0,
         "keep_checkpoints": 1, "resume": "none", "logger": "none",
-        "model": {"adapter": "shapes", "height": 32, "width": 32, "num_steps": cfg.num_steps},
+        "model": {"adapter": "shapes", "height": 32, "width": 32, "num_steps": cfg.num_steps,
+                  "guidance_scale": cfg.guidance},
         "reward": {"name": "shapes"},
         "method": {"name": method, "args": args},
         "optim": {"lr": cfg.lr, "weight_decay": 0.0, "max_grad_norm": 1.0},
@@ -105,7 +109,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
         return {"reward": m["reward_mean"], **{k.removeprefix("geneval_"): v for k, v in m.items()
                                                 if k.startswith("geneval_")}}
 
-    base = load_adapter("shapes", None)
+    base = load_adapter("shapes", None, guidance_scale=cfg.guidance)
     base_runs, base_images = [], {}
     for seed in cfg.seeds:
         rep = evaluate_adapter(base, reward, prompts, seed=seed, **sample)

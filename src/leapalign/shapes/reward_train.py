@@ -101,7 +101,7 @@ def high_frequency(images: torch.Tensor, eps: torch.Tensor, g: torch.Generator, 
     tile = (torch.rand(b, c, patch, patch, generator=g) * 2 - 1).repeat(1, 1, h // patch + 1, w // patch + 1)
     tiled = tile[..., :h, :w]
     pattern = torch.where((torch.arange(b) % 2 == 0)[:, None, None, None], iid, tiled).sign()
-    return (images + eps[:, None, None, None] * pattern.to(images.device)).clamp(0, 1)
+    return (images + (eps[:, None, None, None] * pattern).to(images.device)).clamp(0, 1)
 
 
 def train_reward(cfg: RewardTrainConfig, progress: Progress | None = None,
