@@ -32,7 +32,7 @@ def test_demo_writes_report(tmp_path, capsys):
     assert "base model" in capsys.readouterr().out  # progress lines
 
 
-@pytest.mark.parametrize("bad", ["iterations=0", "methods=leap", "nonsense=1", "lr=abc", "seeds="])
+@pytest.mark.parametrize("bad", ["iterations=0", "methods=leap", "nonsense=1", "lr=abc", "seeds=", "guidance=0.5"])
 def test_demo_bad_settings_exit_2(tmp_path, capsys, bad):
     assert main(["demo", "--out", str(tmp_path / "d"), bad]) == 2
     err = capsys.readouterr().err.strip()

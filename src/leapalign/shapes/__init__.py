@@ -6,7 +6,10 @@
     evaluator.py     detect / check / evaluate / geneval_scores / layout_changed (never a training signal)
     model.py         word-level text encoder + DiT-style rectified-flow transformer (pixel space, [-1, 1])
     reward_model.py  contrastive image-text reward model (differentiable w.r.t. pixels)
-    pretrain.py      pretrain_flow / train_reward loops (what `leapalign shapes pretrain|reward` run)
+    batches.py       caption sampling and training batches made in worker processes (seeded per worker)
+    pretrain.py      pretrain_flow: the base model's rectified-flow loop (`leapalign shapes pretrain`)
+    reward_train.py  train_reward (contrastive + hard negatives + adversarial/noise ranking), reward_accuracy,
+                     reward_hackability (`leapalign shapes reward`)
     checkpoint.py    save_model, load_flow_model, load_reward_model; the shipped files are in assets/shapes/
 
 Typical use (the shipped models; adapter and reward follow the library's protocols):
@@ -16,7 +19,8 @@ Typical use (the shipped models; adapter and reward follow the library's protoco
     from leapalign.shapes.prompts import heldout_prompts, train_prompts
     from leapalign.shapes.evaluator import evaluate, geneval_scores
 
-    adapter, reward = ShapesAdapter.from_pretrained(), ShapesReward.from_pretrained()
+    adapter = ShapesAdapter.from_pretrained(guidance_scale=3.0)   # the demo's guidance; 1.0 = none
+    reward = ShapesReward.from_pretrained()
     prompts = heldout_prompts()
     images = adapter.generate(prompts, 20, adapter.noise(len(prompts), torch.Generator().manual_seed(0)))
     scores = geneval_scores(prompts, evaluate(images, prompts))   # {"overall": ..., "position": ..., ...}

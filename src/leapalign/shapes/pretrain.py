@@ -67,8 +67,8 @@ def pretrain_flow(cfg: FlowPretrainConfig, progress: Progress | None = None, sna
 
     init: continue from these weights (a second stage; EMA restarts from them) instead of a fresh init.
     Loss: || v(x_s, s, c) - (eps - x0) ||^2 with x_s = (1 - s) x0 + s eps and s ~ U(0, 1) by
-    default (SD3's logit-normal rarely visits the low sigmas where 32 px edges get sharp; the shipped model's first
-    stage used it, its second stage uniform).
+    default (SD3's logit-normal rarely visits the low sigmas where 32 px edges get sharp; all three stages of the
+    shipped model used uniform).
     """
     torch.manual_seed(cfg.seed)  # parameter init is the one draw that cannot take a generator
     model = ShapesFlowModel(cfg.model).to(cfg.device)
