@@ -65,3 +65,19 @@ def test_ranking_loss_makes_the_reward_harder_to_hack():
         model = train_reward(cfg)
         gains[weight] = reward_hackability(model, eps=0.05, n=96)["adversarial_gain"]
     assert gains[1.0] < 0.7 * gains[0.0], gains
+
+
+def test_adversarial_training_descends_the_own_caption_score_and_init_continues():
+    torch.manual_seed(0)
+    model = ShapesRewardModel(SMALL_REWARD).eval()
+    images = reward_batch(torch.Generator().manual_seed(1), batch_size=8, size=16, hard_negatives=0)["images"]
+    txt = model.embed_texts(["a photo of a red circle"] * 8)
+    eps = torch.full((8,), 0.1)
+    down = adversarial(model, images, txt, eps, 5, torch.Generator().manual_seed(2), sign=-1.0)
+    with torch.no_grad():
+        score = lambda x: (model.embed_images(x) * txt).sum(-1)  # noqa: E731
+        assert (score(down) < score(images)).all()
+    cfg = RewardTrainConfig(steps=1, batch_size=8, lr=1e-9, warmup=1, adversarial_train=0.05, model=SMALL_REWARD)
+    again = train_reward(cfg, init=model)  # lr ~0: continuing must start from (and stay at) the given weights
+    for a, b in zip(again.state_dict().values(), model.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)

@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
     r.add_argument("--robust-weight", type=float, default=1.0,
                    help="weight of the clean-beats-corrupted ranking loss (0 = contrastive only)")
+    r.add_argument("--adversarial-train", type=float, default=0.0,
+                   help="max L-inf radius of adversarial training of the contrastive loss (0 = off)")
+    r.add_argument("--warmup", type=int, default=300, help="learning-rate warmup steps")
+    r.add_argument("--init", default=None, help="continue from this reward checkpoint")
     r.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     r.add_argument("--workers", type=int, default=0, help="processes making batches (0 = none)")
     r.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
@@ -85,18 +89,23 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _reward(args: argparse.Namespace) -> int:
-    from leapalign.shapes.checkpoint import save_model
+    from leapalign.shapes.checkpoint import load_reward_model, model_info, save_model
     from leapalign.shapes.reward_train import RewardTrainConfig, reward_accuracy, reward_hackability, train_reward
 
     cfg = RewardTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                            device=args.device, workers=args.workers, robust_weight=args.robust_weight)
+                            device=args.device, workers=args.workers, robust_weight=args.robust_weight,
+                            adversarial_train=args.adversarial_train, warmup=args.warmup)
+    init = load_reward_model(args.init, args.device) if args.init else None
+    if init is not None:
+        cfg.model = init.cfg
+    history = [model_info(args.init, "reward")] if args.init else []
     start = time.time()
-    model = train_reward(cfg, _progress(start),
-                         lambda step, m: save_model(m, args.out, {**_provenance(args, start), "steps": step}))
+    model = train_reward(cfg, _progress(start), lambda step, m: save_model(
+        m, args.out, {**_provenance(args, start), "steps": step, "earlier_stages": history}), init)
     info = _provenance(args, start)
     info["hard_negative_accuracy"] = round(reward_accuracy(model, device=args.device), 4)
     info["hackability"] = {k: round(v, 4) for k, v in reward_hackability(model, device=args.device).items()}
-    save_model(model, args.out, {**info, "steps": cfg.steps})
+    save_model(model, args.out, {**info, "steps": cfg.steps, "earlier_stages": history})
     print(f"saved {args.out}.safetensors  (held-out hard-negative accuracy {info['hard_negative_accuracy']:.3f}, "
           f"hackability {info['hackability']})")
     return 0

@@ -42,6 +42,10 @@ class RewardTrainConfig:
         "help": "range of the per-image L-inf radius of adversarial and noise corruptions (pixels in [0, 1])"})
     robust_steps: int = field(default=3, metadata={"help": "gradient-ascent steps of the adversarial corruption"})
     robust_margin: float = field(default=0.1, metadata={"help": "score margin clean renders must keep"})
+    adversarial_train: float = field(default=0.0, metadata={
+        "help": "max L-inf radius of adversarial training: the contrastive loss sees images pushed (robust_steps "
+                "of descent) away from their own caption; 0 = off. Robust models have perceptually aligned "
+                "gradients, which is what a reward whose gradient trains a generator needs"})
     seed: int = field(default=0, metadata={"help": "seed of every random draw"})
     workers: int = field(default=0, metadata={
         "help": "processes making batches (0 = in the training process); the batch sequence depends on it"})
@@ -53,9 +57,10 @@ class RewardTrainConfig:
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 2 or self.lr <= 0 or self.hard_negatives < 0 or self.workers < 0:
             raise ValueError("steps >= 1, batch_size >= 2, lr > 0, hard_negatives >= 0 and workers >= 0 are required")
-        if self.robust_weight < 0 or not 0 <= self.robust_eps[0] <= self.robust_eps[1] or self.robust_steps < 0:
-            raise ValueError("robust_weight >= 0, 0 <= robust_eps[0] <= robust_eps[1] and robust_steps >= 0 "
-                             "are required")
+        if (self.robust_weight < 0 or not 0 <= self.robust_eps[0] <= self.robust_eps[1] or self.robust_steps < 0
+                or self.adversarial_train < 0):
+            raise ValueError("robust_weight >= 0, 0 <= robust_eps[0] <= robust_eps[1], robust_steps >= 0 and "
+                             "adversarial_train >= 0 are required")
 
 
 def augment(images: torch.Tensor, noise: float, blur_prob: float, g: torch.Generator) -> torch.Tensor:
@@ -71,10 +76,10 @@ def augment(images: torch.Tensor, noise: float, blur_prob: float, g: torch.Gener
 
 
 def adversarial(model: ShapesRewardModel, images: torch.Tensor, text_emb: torch.Tensor, eps: torch.Tensor,
-                steps: int, g: torch.Generator) -> torch.Tensor:
-    """Projected sign-gradient ascent on the score (Madry et al.: random start, step 2.5 eps / steps), keeping
-    each image's best iterate: images (B, 3, S, S) in [0, 1], unit text embeddings (B, E), radius eps (B,) ->
-    images within eps (L-inf) of the input, in [0, 1]. Parameters get no gradient."""
+                steps: int, g: torch.Generator, sign: float = 1.0) -> torch.Tensor:
+    """Projected sign-gradient ascent (sign = 1) or descent (sign = -1) on the score (Madry et al.: random start,
+    step 2.5 eps / steps), keeping each image's best iterate: images (B, 3, S, S) in [0, 1], unit text embeddings
+    (B, E), radius eps (B,) -> images within eps (L-inf) of the input, in [0, 1]. Parameters get no gradient."""
     r = eps.to(images.device)[:, None, None, None]
     t = text_emb.detach()
     x = (images + r * (2 * torch.rand(images.shape, generator=g).to(images.device) - 1)).clamp(0, 1)
@@ -82,7 +87,7 @@ def adversarial(model: ShapesRewardModel, images: torch.Tensor, text_emb: torch.
     for i in range(steps + 1):
         x.requires_grad_(i < steps)
         with torch.set_grad_enabled(i < steps):
-            score = (model.embed_images(x) * t).sum(-1)  # (B,)
+            score = sign * (model.embed_images(x) * t).sum(-1)  # (B,)
         better = (score > best_score).detach()
         best = torch.where(better[:, None, None, None], x.detach(), best)
         best_score = torch.where(better, score.detach(), best_score)
@@ -104,17 +109,20 @@ def high_frequency(images: torch.Tensor, eps: torch.Tensor, g: torch.Generator, 
     return (images + (eps[:, None, None, None] * pattern).to(images.device)).clamp(0, 1)
 
 
-def train_reward(cfg: RewardTrainConfig, progress: Progress | None = None,
-                 snapshot: Snapshot | None = None) -> ShapesRewardModel:
+def train_reward(cfg: RewardTrainConfig, progress: Progress | None = None, snapshot: Snapshot | None = None,
+                 init: ShapesRewardModel | None = None) -> ShapesRewardModel:
     """Contrastive training with hard negatives plus the robustness ranking; returns the frozen model (eval).
 
     For image i the candidates are every caption in the batch (those true for scene i other than its own are
     masked out, judged on the scene's ground truth) plus `hard_negatives` single-edit variants of its caption
-    that are false for it; cross-entropy picks its own caption.
+    that are false for it; cross-entropy picks its own caption. init: continue from these weights.
     """
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed + 1)  # augmentations and corruptions (batches have their own)
     model = ShapesRewardModel(cfg.model).to(cfg.device)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
+    model.train().requires_grad_(True)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(cfg.warmup, cfg.steps))
     b, h, dev = cfg.batch_size, cfg.hard_negatives, cfg.device
@@ -123,8 +131,12 @@ def train_reward(cfg: RewardTrainConfig, progress: Progress | None = None,
         batch = next(data)
         clean = batch["images"].to(dev)
         neg_ok = batch["neg_ok"].to(dev)
-        img = model.embed_images(augment(clean, cfg.noise, cfg.blur_prob, g))  # (B, E)
         txt = model.embed_texts(batch["texts"])  # (B, E)
+        seen = augment(clean, cfg.noise, cfg.blur_prob, g)
+        if cfg.adversarial_train > 0:
+            radius = cfg.adversarial_train * torch.rand(b, generator=g)
+            seen = adversarial(model, seen, txt, radius, cfg.robust_steps, g, sign=-1.0)
+        img = model.embed_images(seen)  # (B, E)
         hard = (model.embed_texts(batch["negatives"]).view(b, h, -1) if h
                 else txt.new_zeros(b, 0, txt.shape[1]))  # (B, H, E)
         scale = model.logit_scale.exp().clamp(max=100)
