@@ -175,11 +175,13 @@ def reward_accuracy(model: ShapesRewardModel, n: int = 512, seed: int = 12345, d
                          hard_negatives=64)
     images = batch["images"].to(device)
     h = batch["neg_ok"].shape[1]
-    img, neg = batch["neg_ok"].nonzero(as_tuple=True)  # the real negatives: image index, slot
+    img, slot = batch["neg_ok"].nonzero(as_tuple=True)  # the real negatives: image index, slot
+    captions = [batch["negatives"][i * h + j] for i, j in zip(img.tolist(), slot.tolist())]
+    img = img.to(device)
     with torch.no_grad():
         pos = model(images, batch["texts"])  # (n,)
-        negs = model(images[img.to(device)], [batch["negatives"][i * h + j] for i, j in zip(img.tolist(), neg.tolist())])
-    return float((pos[img.to(device)] > negs).float().mean())
+        negs = model(images[img], captions)
+    return float((pos[img] > negs).float().mean())
 
 
 def reward_hackability(model: ShapesRewardModel, eps: float = 0.1, steps: int = 10, n: int = 256,
