@@ -64,18 +64,27 @@ def _provenance(args: argparse.Namespace, start: float) -> dict:
             "device": args.device, "torch": torch.__version__, "wall_seconds": round(time.time() - start, 1)}
 
 
+def _continue_from(args: argparse.Namespace, cfg, kind: str):
+    """--init: (the loaded model, whose network shape cfg.model takes, and its provenance for `earlier_stages`);
+    (None, []) for a fresh model."""
+    from leapalign.shapes.checkpoint import load_flow_model, load_reward_model, model_info
+
+    if not args.init:
+        return None, []
+    init = {"flow": load_flow_model, "reward": load_reward_model}[kind](args.init, args.device)
+    cfg.model = init.cfg
+    return init, [model_info(args.init, kind)]
+
+
 def _pretrain(args: argparse.Namespace) -> int:
-    from leapalign.shapes.checkpoint import load_flow_model, model_info, save_model
+    from leapalign.shapes.checkpoint import save_model
     from leapalign.shapes.model import FlowModelConfig
     from leapalign.shapes.pretrain import FlowPretrainConfig, pretrain_flow
 
     cfg = FlowPretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                              device=args.device, save_every=500, sigma_sampling=args.sigma_sampling,
                              workers=args.workers, model=FlowModelConfig(dim=args.dim, depth=args.depth))
-    init = load_flow_model(args.init, args.device) if args.init else None
-    if init is not None:
-        cfg.model = init.cfg
-    history = [model_info(args.init, "flow")] if args.init else []  # earlier stages' provenance
+    init, history = _continue_from(args, cfg, "flow")
     start = time.time()
 
     def snapshot(step: int, model: torch.nn.Module) -> None:  # a long run killed midway still leaves a model
@@ -89,16 +98,13 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _reward(args: argparse.Namespace) -> int:
-    from leapalign.shapes.checkpoint import load_reward_model, model_info, save_model
+    from leapalign.shapes.checkpoint import save_model
     from leapalign.shapes.reward_train import RewardTrainConfig, reward_accuracy, reward_hackability, train_reward
 
     cfg = RewardTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                             device=args.device, workers=args.workers, robust_weight=args.robust_weight,
                             adversarial_train=args.adversarial_train, warmup=args.warmup)
-    init = load_reward_model(args.init, args.device) if args.init else None
-    if init is not None:
-        cfg.model = init.cfg
-    history = [model_info(args.init, "reward")] if args.init else []
+    init, history = _continue_from(args, cfg, "reward")
     start = time.time()
     model = train_reward(cfg, _progress(start), lambda step, m: save_model(
         m, args.out, {**_provenance(args, start), "steps": step, "earlier_stages": history}), init)

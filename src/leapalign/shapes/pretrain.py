@@ -25,12 +25,32 @@ Snapshot = Callable[[int, torch.nn.Module], None]  # (step, model to save) -> No
 
 
 @dataclass
-class FlowPretrainConfig:
-    steps: int = field(default=12000, metadata={"help": "optimizer steps"})
+class LoopConfig:
+    """What both ShapesWorld training loops have: AdamW with warmup and cosine decay, seeding, batch workers,
+    device and callback intervals. Subclasses set their own defaults for the schedule fields."""
+
+    steps: int = field(default=1000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=256, metadata={"help": "scenes per step"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (linear warmup, cosine decay)"})
+    warmup: int = field(default=300, metadata={"help": "warmup steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    seed: int = field(default=0, metadata={"help": "seed of every random draw (init, batches, noise)"})
+    workers: int = field(default=0, metadata={
+        "help": "processes making batches (0 = in the training process); the batch sequence depends on it"})
+    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda"})
+    log_every: int = field(default=200, metadata={"help": "steps between progress callbacks"})
+    save_every: int = field(default=1000, metadata={"help": "steps between snapshot callbacks"})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.workers < 0:
+            raise ValueError("steps and batch_size must be >= 1, lr > 0 and workers >= 0")
+
+
+@dataclass
+class FlowPretrainConfig(LoopConfig):
+    steps: int = field(default=12000, metadata={"help": "optimizer steps"})
     lr: float = field(default=5e-4, metadata={"help": "AdamW peak learning rate (linear warmup, cosine decay)"})
     warmup: int = field(default=500, metadata={"help": "warmup steps"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     ema: float = field(default=0.999, metadata={"help": "EMA decay per step; the EMA weights are what ships"})
     caption_dropout: float = field(default=0.1, metadata={
         "help": "share of captions replaced by the empty caption, so classifier-free guidance is available"})
@@ -39,19 +59,12 @@ class FlowPretrainConfig:
                 "position, color_attr); spatial and counting captions are rare on purpose"})
     sigma_sampling: str = field(default="uniform", metadata={
         "help": "training sigma distribution: 'uniform' or 'logit_normal' (SD3's, centred on 0.5)"})
-    seed: int = field(default=0, metadata={"help": "seed of every random draw (captions, scenes, noise, init)"})
-    workers: int = field(default=0, metadata={
-        "help": "processes rendering batches (0 = in the training process); the batch sequence depends on it"})
-    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda"})
-    log_every: int = field(default=200, metadata={"help": "steps between progress callbacks"})
-    save_every: int = field(default=1000, metadata={"help": "steps between snapshot callbacks (EMA model)"})
     model: FlowModelConfig = field(default_factory=FlowModelConfig, metadata={"help": "network shape"})
 
     def __post_init__(self) -> None:
         if len(self.mix) != len(CATEGORIES) or min(self.mix) < 0 or sum(self.mix) <= 0:
             raise ValueError(f"mix needs {len(CATEGORIES)} non-negative weights ({', '.join(CATEGORIES)})")
-        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.workers < 0:
-            raise ValueError("steps and batch_size must be >= 1, lr > 0 and workers >= 0")
+        super().__post_init__()
         if self.sigma_sampling not in ("uniform", "logit_normal"):
             raise ValueError(f"sigma_sampling must be 'uniform' or 'logit_normal', got '{self.sigma_sampling}'")
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from leapalign.shapes.batches import reward_batch, reward_stream
-from leapalign.shapes.pretrain import warmup_cosine
+from leapalign.shapes.pretrain import LoopConfig, warmup_cosine
 from leapalign.shapes.reward_model import RewardModelConfig, ShapesRewardModel
 
 Progress = Callable[[int, dict[str, float]], None]
@@ -26,13 +26,12 @@ Snapshot = Callable[[int, torch.nn.Module], None]
 
 
 @dataclass
-class RewardTrainConfig:
+class RewardTrainConfig(LoopConfig):
     steps: int = field(default=6000, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=256, metadata={"help": "image-caption pairs per step"})
-    hard_negatives: int = field(default=6, metadata={"help": "hard-negative captions per image"})
     lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (linear warmup, cosine decay)"})
     warmup: int = field(default=300, metadata={"help": "warmup steps"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    hard_negatives: int = field(default=6, metadata={"help": "hard-negative captions per image"})
     noise: float = field(default=0.08, metadata={
         "help": "max std of Gaussian pixel noise added to renders (robustness to imperfect generated images)"})
     blur_prob: float = field(default=0.3, metadata={"help": "share of renders blurred with a 3x3 binomial kernel"})
@@ -46,17 +45,12 @@ class RewardTrainConfig:
         "help": "max L-inf radius of adversarial training: the contrastive loss sees images pushed (robust_steps "
                 "of descent) away from their own caption; 0 = off. Robust models have perceptually aligned "
                 "gradients, which is what a reward whose gradient trains a generator needs"})
-    seed: int = field(default=0, metadata={"help": "seed of every random draw"})
-    workers: int = field(default=0, metadata={
-        "help": "processes making batches (0 = in the training process); the batch sequence depends on it"})
-    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda"})
-    log_every: int = field(default=200, metadata={"help": "steps between progress callbacks"})
-    save_every: int = field(default=1000, metadata={"help": "steps between snapshot callbacks"})
     model: RewardModelConfig = field(default_factory=RewardModelConfig, metadata={"help": "network shape"})
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 2 or self.lr <= 0 or self.hard_negatives < 0 or self.workers < 0:
-            raise ValueError("steps >= 1, batch_size >= 2, lr > 0, hard_negatives >= 0 and workers >= 0 are required")
+        super().__post_init__()
+        if self.batch_size < 2 or self.hard_negatives < 0:
+            raise ValueError("batch_size >= 2 (in-batch negatives) and hard_negatives >= 0 are required")
         if (self.robust_weight < 0 or not 0 <= self.robust_eps[0] <= self.robust_eps[1] or self.robust_steps < 0
                 or self.adversarial_train < 0):
             raise ValueError("robust_weight >= 0, 0 <= robust_eps[0] <= robust_eps[1], robust_steps >= 0 and "
