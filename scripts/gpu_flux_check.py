@@ -3,7 +3,8 @@
 Measures, at 512x512 and batch 1 with LoRA (rank 64, the "default" preset): an eager no-grad forward, a LoRA
 forward+backward with and without gradient checkpointing (time, peak memory above the weights), and compares
 one call's LoRA gradient across SDPA backends (math as reference vs flash, efficient, cuDNN), with and without
-checkpointing (SPEC section 10). Prints a JSON report and writes it to --out.
+checkpointing (on an H100 the cuDNN backend gave NaN LoRA gradients in a FLUX-sized model, docs/models.md).
+Prints a JSON report and writes it to --out.
 
     python scripts/gpu_flux_check.py --out results.json          # on a CUDA machine
     python scripts/gpu_flux_check.py --tiny --device cpu          # seconds-long dry run of the same code path
@@ -87,7 +88,7 @@ def main() -> None:
     ap.add_argument("--ckpt", choices=["both", "true", "false"], default="both", help="gradient checkpointing variants")
     ap.add_argument("--skip-timing", action="store_true", help="only the backend comparison")
     ap.add_argument("--allow-cudnn", action="store_true",
-                    help="leave the cuDNN SDPA backend on for the timings (SPEC section 10: off by default)")
+                    help="leave the cuDNN SDPA backend on for the timings (off by default: it gave NaN LoRA gradients, docs/models.md)")
     args = ap.parse_args()
     dev, dtype = args.device, torch.bfloat16
     if dev == "cuda" and not args.allow_cudnn:

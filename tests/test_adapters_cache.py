@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import tiny_pipelines as tp
+from helpers import tiny_pipelines as tp
 from leapalign.adapters import ADAPTERS, adapter_class, load_adapter
 from leapalign.adapters.cache import EmbeddingCache, ensure_cache
 from leapalign.adapters.flux import FluxAdapter

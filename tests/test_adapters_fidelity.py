@@ -7,7 +7,7 @@ import pytest
 import torch
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
-import tiny_pipelines as tp
+from helpers import tiny_pipelines as tp
 from leapalign.adapters.flux import FluxAdapter
 from leapalign.adapters.sd3 import SD3Adapter
 from leapalign.flow import sample_trajectory

@@ -6,7 +6,7 @@ import pytest
 import torch
 from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
-import tiny_pipelines as tp
+from helpers import tiny_pipelines as tp
 from leapalign.adapters.flux import FluxAdapter
 from leapalign.adapters.lora import LoraConfig, apply_lora, save_lora, save_merged, set_full_finetuning
 from leapalign.adapters.sd3 import SD3Adapter

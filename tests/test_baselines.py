@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import LinearField, MLPField, quadratic_reward
+from helpers.fields import LinearField, MLPField, quadratic_reward
 
 from leapalign.flow import euler_step, integrate, sigma_schedule
 from leapalign.methods import METHODS, get_method

@@ -3,9 +3,12 @@ measure performance, tests never assert wall-clock numbers)."""
 
 import json
 
+import pytest
+
 from leapalign.cli import main
 
 
+@pytest.mark.slow
 def test_bench_runs_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench"
     code = main(["bench", "--steps", "3", "--cases", "leapalign", "leapalign_coupled", "refl", "draft_k2",

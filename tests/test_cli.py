@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 from PIL import Image
-from toy import toy_config
+from helpers.toy import toy_config
 
 from leapalign.cli import main
 from leapalign.config import to_dict
@@ -22,12 +22,14 @@ def run_dir(tmp_path_factory):
     return tmp / "run"
 
 
+@pytest.mark.slow
 def test_train_writes_final_weights_and_checkpoints(run_dir):
     assert (run_dir / "final" / "weights.safetensors").is_file() and (run_dir / "final" / "ema.safetensors").is_file()
     assert yaml.safe_load((run_dir / "final" / "config.yaml").read_text())["ema_decay"] == 0.5
     assert (run_dir / "checkpoints" / "step_0000002" / "meta.json").is_file()
 
 
+@pytest.mark.slow
 def test_eval_is_reproducible_and_ema_differs(run_dir, tmp_path, capsys):
     prompts = run_dir.parent / "prompts.txt"
     common = ["eval", "--prompts", str(prompts), "--steps", "4", "--height", "4", "--width", "4"]
@@ -37,10 +39,11 @@ def test_eval_is_reproducible_and_ema_differs(run_dir, tmp_path, capsys):
     assert main(common + ["--weights", str(run_dir), "--no-ema", "--out", str(tmp_path / "d")]) == 0
     a, b, c, d = (json.loads((tmp_path / x / "eval.json").read_text())["metrics"] for x in "abcd")
     assert a == b == c  # fixed seeds; final/ema and the last checkpoint's EMA are the same weights
-    assert a["toy:toy_reward_mean"] != d["toy:toy_reward_mean"]
+    assert a["helpers.toy:toy_reward_mean"] != d["helpers.toy:toy_reward_mean"]
     assert Image.open(tmp_path / "a" / "grid.png").size[0] > 4
 
 
+@pytest.mark.slow
 def test_generate_writes_one_png_per_prompt(run_dir, tmp_path):
     assert main(["generate", "--weights", str(run_dir), "--prompt", "a red circle", "--prompt", "two squares",
                  "--steps", "3", "--out", str(tmp_path)]) == 0
@@ -54,11 +57,11 @@ def test_generate_writes_one_png_per_prompt(run_dir, tmp_path):
     (["train", "optim.lr=-1"], "optim.lr must be > 0"),
     (["train", "method.name=ppo"], "unknown method 'ppo'"),
     (["train", "data.prompts=/no/prompts.txt"], "prompt file not found: /no/prompts.txt"),
-    (["train", "model.adapter=toy:ToyAdapter", "reward.name=nosuch", "eval.prompts=none", "data.prompts=shapes:train"],
+    (["train", "model.adapter=helpers.toy:ToyAdapter", "reward.name=nosuch", "eval.prompts=none", "data.prompts=shapes:train"],
      "unknown reward 'nosuch'"),
     (["eval", "--weights", "/no/run"], "holds no trained weights"),
     (["eval", "--model", "nosuch"], "unknown adapter 'nosuch'"),
-    (["generate", "--model", "toy:ToyAdapter", "--out", "/tmp/x"], "give at least one --prompt"),
+    (["generate", "--model", "helpers.toy:ToyAdapter", "--out", "/tmp/x"], "give at least one --prompt"),
 ])
 def test_bad_input_exits_2_with_one_line(argv, message, capsys):
     assert main(argv) == 2
@@ -67,6 +70,7 @@ def test_bad_input_exits_2_with_one_line(argv, message, capsys):
     assert message in err, err
 
 
+@pytest.mark.slow
 def test_bad_eval_prompt_file(run_dir, tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")

@@ -7,15 +7,56 @@ from pathlib import Path
 
 import pytest
 
-from leapalign.config import TrainConfig, describe, load_config
+from leapalign.config import TrainConfig, describe, describe_train, load_config, parse_overrides
 
 CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 
 
 def test_every_field_has_help_and_defaults_validate():
-    lines = describe()
+    lines = describe(TrainConfig)
     assert len(lines) > 40 and all(": " in line and not line.endswith(": ") for line in lines)
     load_config(None)  # the defaults are a valid (ShapesWorld LeapAlign) config
+
+
+def _config_classes():
+    import importlib
+    import pkgutil
+
+    import leapalign
+
+    for info in pkgutil.walk_packages(leapalign.__path__, "leapalign."):
+        module = importlib.import_module(info.name)
+        for obj in vars(module).values():
+            if (isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == info.name
+                    and obj.__name__.endswith(("Config", "Spec"))):
+                yield obj
+
+
+@pytest.mark.parametrize("cls", list(_config_classes()), ids=lambda c: f"{c.__module__}.{c.__name__}")
+def test_every_config_dataclass_declares_help_the_same_way(cls):
+    # one idiom: leapalign.types.option(default, help) on every field of every config dataclass
+    assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), cls
+    assert all(": " in line for line in describe(cls))
+
+
+def test_list_keys_shows_the_chosen_methods_fields():
+    lines = describe_train(load_config(None, ["method.name=refl"]))
+    assert any(line.startswith("method.args.n_last = 11: ") for line in lines)
+    assert not any(line.startswith("method.args.alpha") for line in lines)
+    assert any(line.startswith("method.args.alpha = 0.3: ") for line in describe_train(load_config(None)))
+
+
+def test_one_override_parser_for_every_config():
+    from leapalign.demo.run import QUICK, DemoConfig
+    from leapalign.shapes.pretrain import FlowPretrainConfig
+
+    demo = parse_overrides(DemoConfig, ["seeds=0,1", "methods=refl", "lr=3e-5"], QUICK)
+    assert (demo.seeds, demo.methods, demo.lr, demo.iterations) == ([0, 1], ["refl"], 3e-5, QUICK["iterations"])
+    assert parse_overrides(DemoConfig, ["seeds=4"]).seeds == [4]
+    flow = parse_overrides(FlowPretrainConfig, ["model.dim=192", "mix=1,1,1,1,1,1"])
+    assert flow.model.dim == 192 and flow.mix == (1, 1, 1, 1, 1, 1) and flow.steps == FlowPretrainConfig().steps
+    with pytest.raises(ValueError, match="unknown config key itrations"):
+        parse_overrides(DemoConfig, ["itrations=3"])
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

@@ -8,6 +8,7 @@ from leapalign.cli import main
 from leapalign.shapes.prompts import CATEGORIES
 
 
+@pytest.mark.slow
 def test_demo_writes_report(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "methods=leapalign,refl", "seeds=0,1", "iterations=2", "batch_size=2",

@@ -1,10 +1,11 @@
-"""LeapAlign against the closed form of paper Eq. 10 and the equivalences of SPEC section 3."""
+"""LeapAlign against the closed form of paper Eq. 10 and its limits: alpha = 1 is autograd through the two leaps,
+alpha = 0 detaches leap 2's model input, coupled == decoupled."""
 
 import itertools
 
 import pytest
 import torch
-from conftest import LinearField, MLPField, quadratic_reward
+from helpers.fields import LinearField, MLPField, quadratic_reward
 
 from leapalign.flow import sample_trajectory, sigma_schedule
 from leapalign.methods.common import discount, straight_through

@@ -4,27 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rewards_tiny import save_tiny_clip
-from test_rewards_clip import grad_checks
+from helpers.reward_checks import OfficialMLP
+from helpers.rewards_tiny import save_tiny_clip
+from helpers.reward_checks import grad_checks
 from torch import nn
 
 from leapalign.rewards import load_reward
 from leapalign.rewards.aesthetic import HEAD_FILE
 from leapalign.rewards.preprocess import clip_preprocess
-
-
-class OfficialMLP(nn.Module):
-    """improved-aesthetic-predictor's MLP, as in its simple_inference.py (dropout layers included)."""
-
-    def __init__(self, input_size: int):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
-        )
-
-    def forward(self, x):
-        return self.layers(x)
 
 
 @pytest.fixture(scope="module")

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from rewards_tiny import save_tiny_clip
+from helpers.reward_checks import grad_checks
+from helpers.rewards_tiny import save_tiny_clip
 
 from leapalign.rewards import REWARDS, load_reward
 from leapalign.rewards.preprocess import clip_preprocess
 
 PROMPTS = ["a red square", "two blue circles on the left"]
-
-
-def grad_checks(reward, images, prompts):
-    """Shared checks: (B,) finite output, non-zero finite pixel gradient, no reward parameter gradient."""
-    x = images.clone().requires_grad_(True)
-    r = reward(x, prompts)
-    assert r.shape == (images.shape[0],) and torch.isfinite(r).all()
-    r.sum().backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    assert all(p.grad is None and not p.requires_grad for p in reward.parameters())
-    assert not reward.training
-    return r.detach()
 
 
 @pytest.fixture(scope="module")

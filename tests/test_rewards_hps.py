@@ -11,8 +11,9 @@ from collections import OrderedDict
 
 import pytest
 import torch
-from rewards_tiny import save_tiny_clip, tiny_tokenizer
-from test_rewards_clip import grad_checks
+from helpers.reward_checks import randomize_norms
+from helpers.rewards_tiny import save_tiny_clip, tiny_tokenizer
+from helpers.reward_checks import grad_checks
 from torch import nn
 
 from leapalign.rewards import load_reward
@@ -86,14 +87,6 @@ class OpenClipRef(nn.Module):
         img = nn.functional.normalize(self.visual(pixels), dim=-1)
         txt = nn.functional.normalize(self.encode_text(ids), dim=-1)
         return (img @ txt.T).diagonal()
-
-
-def randomize_norms(module: nn.Module) -> None:
-    """LayerNorms start at (1, 0); perturb them so that a swapped LayerNorm mapping cannot pass."""
-    for m in module.modules():
-        if isinstance(m, nn.LayerNorm):
-            nn.init.normal_(m.weight, 1.0, 0.2)
-            nn.init.normal_(m.bias, 0.0, 0.2)
 
 
 @pytest.fixture(scope="module")

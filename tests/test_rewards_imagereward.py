@@ -12,10 +12,10 @@ import json
 
 import pytest
 import torch
-from rewards_tiny import tiny_tokenizer
-from test_rewards_aesthetic import OfficialMLP
-from test_rewards_clip import grad_checks
-from test_rewards_hps import randomize_norms
+from helpers.rewards_tiny import tiny_tokenizer
+from helpers.reward_checks import OfficialMLP
+from helpers.reward_checks import grad_checks
+from helpers.reward_checks import randomize_norms
 from torch import nn
 from transformers import BlipTextConfig
 from transformers.models.blip.modeling_blip_text import BlipTextModel

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from rewards_tiny import photos
+from helpers.rewards_tiny import photos
 
 from leapalign.rewards.preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess, resize_center_crop, resized_shape
 

@@ -147,10 +147,20 @@ def test_shipped_reward_prefers_true_captions_and_resists_pixel_attacks():
 
 
 @pytest.mark.skipif(not SHIPPED["flow"].is_file(), reason="shipped flow checkpoint not present")
-def test_shipped_flow_model_loads_into_the_adapter():
-    a = ShapesAdapter.from_pretrained()
-    img = a.generate(["a photo of a red circle"], 2, a.noise(1, torch.Generator().manual_seed(0)))
-    assert img.shape == (1, 3, 32, 32) and 0 <= float(img.min()) and float(img.max()) <= 1
+def test_shipped_flow_model_draws_held_out_colour_captions_at_its_documented_rate():
+    # docs/shapesworld.md: colours 0.95 on the held-out captions at guidance 3 and 20 steps (4 noise seeds); these
+    # 48 samples scored 0.83, 0.90, 0.90 with noise seeds 0, 1, 2. A rate of 0.85 falls below 0.7 with probability
+    # < 0.5%; a broken model, sampler, schedule or guidance scores near 0 (the pixel clamp guarantees nothing here).
+    from leapalign.shapes.evaluator import evaluate
+    from leapalign.shapes.prompts import heldout_prompts, parse_prompt
+
+    a = ShapesAdapter.from_pretrained(guidance_scale=3.0)
+    captions = [p for p in heldout_prompts() if parse_prompt(p).category == "colors"]
+    prompts = (captions * 48)[:48]
+    with torch.no_grad():
+        images = a.generate(prompts, 20, a.noise(len(prompts), torch.Generator().manual_seed(0)))
+    assert images.shape == (48, 3, 32, 32)
+    assert sum(evaluate(images, prompts)) / len(prompts) >= 0.7
 
 
 def test_shapes_cli_rejects_bad_input(capsys, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from toy import ToyTransformer, toy_config
+from helpers.toy import ToyTransformer, toy_config
 
 from leapalign import checkpoint
 from leapalign.config import to_dict
@@ -53,6 +53,7 @@ def test_batch4_accum1_equals_batch1_accum4(tmp_path):
     assert not torch.allclose(wa["out.weight"], ToyTransformer().state_dict()["out.weight"])
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     cfg = toy_config(tmp_path, iterations=6, save_every=2, keep_checkpoints=0, resume="auto")
     reference = train(toy_config(tmp_path / "ref", iterations=6), progress=False)
@@ -92,7 +93,7 @@ def test_resume_auto_skips_corrupt_checkpoint_and_keeps_retention(tmp_path):
 
 
 def test_nan_rewards_are_skipped_counted_and_abort_after_n(tmp_path):
-    cfg = toy_config(tmp_path, iterations=10, reward__name="toy:nan_reward", max_consecutive_skips=3)
+    cfg = toy_config(tmp_path, iterations=10, reward__name="helpers.toy:nan_reward", max_consecutive_skips=3)
     with pytest.raises(TrainingAborted, match="3 consecutive steps had a non-finite loss or gradient"):
         train(cfg, progress=False)
     records = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -114,20 +115,20 @@ def test_ema_follows_its_recurrence():
 
 
 def test_composite_reward_terms_are_trained_on_and_logged(tmp_path):
-    terms = [{"name": "toy:toy_reward", "weight": 2.0}, {"name": "toy:toy_reward", "weight": 0.5, "hinge": 1e6}]
+    terms = [{"name": "helpers.toy:toy_reward", "weight": 2.0}, {"name": "helpers.toy:toy_reward", "weight": 0.5, "hinge": 1e6}]
     result = train(toy_config(tmp_path, iterations=2, reward__terms=terms), progress=False)
     last = [r for r in result.history if "loss" in r][-1]
     # both raw terms are logged; the same reward twice -> name, name#2, with identical raw values
-    assert last["reward/toy:toy_reward"] == pytest.approx(last["reward/toy:toy_reward#2"])
+    assert last["reward/helpers.toy:toy_reward"] == pytest.approx(last["reward/helpers.toy:toy_reward#2"])
     # the hinge (a cap) is far above the reward: total = 2 r + 0.5 r
-    assert last["reward"] == pytest.approx(2.5 * last["reward/toy:toy_reward"], rel=1e-5)
+    assert last["reward"] == pytest.approx(2.5 * last["reward/helpers.toy:toy_reward"], rel=1e-5)
 
 
 def test_bad_composite_terms_are_rejected(tmp_path):
     with pytest.raises(ValueError, match=r"reward.terms\[0\]"):
         toy_config(tmp_path, reward__terms=[{"weight": 1.0}])
     with pytest.raises(ValueError, match="unknown key"):
-        toy_config(tmp_path, reward__terms=[{"name": "toy:toy_reward", "wieght": 1.0}])
+        toy_config(tmp_path, reward__terms=[{"name": "helpers.toy:toy_reward", "wieght": 1.0}])
 
 
 def test_inference_mode_rollout_does_not_change_training(tmp_path):

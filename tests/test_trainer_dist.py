@@ -8,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from toy import toy_config
+from helpers.toy import toy_config
 
 from leapalign.config import to_dict
 from leapalign.trainer import train
+
+pytestmark = pytest.mark.slow  # two training processes launched by torchrun
 
 TESTS = Path(__file__).parent
 SCRIPT = """

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from toy import toy_config
+from helpers.toy import toy_config
 
-import tiny_pipelines as tp
+from helpers import tiny_pipelines as tp
 from leapalign.adapters.flux import FluxAdapter
-from leapalign.evaluate import load_trained
+from leapalign.models import load_trained
 from leapalign.trainer import train
 
 

@@ -1,4 +1,4 @@
-"""`leapalign` command line: one subcommand per module in leapalign.commands.
+"""`leapalign` command line: one subcommand per module in leapalign.commands, named as the module.
 
 Each command module defines HELP (one line), add_arguments(parser) and run(args) -> int. Bad input anywhere
 (ValueError, FileNotFoundError, KeyError raised with a message) ends with exit code 2 and one line on stderr,
@@ -17,13 +17,13 @@ from leapalign import commands
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leapalign", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="leapalign", description="post-train flow matching text-to-image models "
+                                     "on rewards with LeapAlign and its baselines")
     parser.add_argument("--version", action="version", version=f"leapalign {leapalign.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         module = importlib.import_module(f"leapalign.commands.{info.name}")
-        name = info.name.rstrip("_")  # eval_.py -> `eval`
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p = sub.add_parser(info.name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser

@@ -11,103 +11,99 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-
-def _f(default: Any, help: str) -> Any:
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
+from leapalign.types import option
 
 
 @dataclass
 class ModelConfig:
-    adapter: str = _f("shapes", "model family: flux, sd3, shapes, or 'package.module:function' returning a FlowAdapter")
-    path: str | None = _f(None, "hub id or local directory of the base model (None = the adapter's default)")
-    dtype: str = _f("float32", "weight dtype of the loaded model: float32 or bfloat16 (bfloat16 = frozen base for LoRA)")
-    height: int = _f(32, "image height in pixels for rollouts (Flux/SD3: divisible by 16)")
-    width: int = _f(32, "image width in pixels for rollouts (Flux/SD3: divisible by 16)")
-    num_steps: int = _f(25, "Euler steps T of the training rollout")
-    guidance_scale: float | None = _f(None, "Flux guidance / SD3 CFG scale (None = the adapter's default)")
-    lora_rank: int = _f(0, "LoRA rank on the transformer; 0 = full fine-tuning of the transformer")
-    lora_alpha: float | None = _f(None, "LoRA scaling alpha (None = equal to the rank)")
-    lora_targets: str = _f("default", "LoRA target preset of adapters/lora.py: attn, default or all")
-    gradient_checkpointing: bool = _f(False, "recompute transformer activations in backward (less memory, ~30% slower)")
-    embedding_cache: str | None = _f(None, "directory of precomputed prompt embeddings (flux/sd3): missing or "
+    adapter: str = option("shapes", "model family: flux, sd3, shapes, or 'package.module:function' returning a FlowAdapter")
+    path: str | None = option(None, "hub id or local directory of the base model (None = the adapter's default)")
+    dtype: str = option("float32", "weight dtype of the loaded model: float32 or bfloat16 (bfloat16 = frozen base for LoRA)")
+    height: int = option(32, "image height in pixels for rollouts (Flux/SD3: divisible by 16)")
+    width: int = option(32, "image width in pixels for rollouts (Flux/SD3: divisible by 16)")
+    num_steps: int = option(25, "Euler steps T of the training rollout")
+    guidance_scale: float | None = option(None, "Flux guidance / SD3 CFG scale (None = the adapter's default)")
+    lora_rank: int = option(0, "LoRA rank on the transformer; 0 = full fine-tuning of the transformer")
+    lora_alpha: float | None = option(None, "LoRA scaling alpha (None = equal to the rank)")
+    lora_targets: str = option("default", "LoRA target preset of adapters/lora.py: attn, default or all")
+    gradient_checkpointing: bool = option(False, "recompute transformer activations in backward (less memory, ~30% slower)")
+    embedding_cache: str | None = option(None, "directory of precomputed prompt embeddings (flux/sd3): missing or "
                                            "stale entries are encoded once, then the text encoders are freed")
-    inference_rollout: bool = _f(True, "run the no-grad rollout under torch.inference_mode (faster; turn off for a "
+    inference_rollout: bool = option(True, "run the no-grad rollout under torch.inference_mode (faster; turn off for a "
                                        "model that caches tensors lazily inside forward)")
 
 
 @dataclass
 class RewardConfig:
-    name: str = _f("shapes", "reward: hpsv2, hpsv21, pickscore, clip, aesthetic, imagereward, shapes, or 'pkg.mod:fn'")
-    path: str | None = _f(None, "reward weights file/directory (None = the reward's default location)")
-    terms: list = _f([], "composite reward: a list of {name, weight, mean, std, hinge, path} mappings; the total is "
+    name: str = option("shapes", "reward: hpsv2, hpsv21, pickscore, clip, aesthetic, imagereward, shapes, or 'pkg.mod:fn'")
+    path: str | None = option(None, "reward weights file/directory (None = the reward's default location)")
+    terms: list = option([], "composite reward: a list of {name, weight, mean, std, hinge, path} mappings; the total is "
                          "sum weight * (min(r, hinge) - mean) / std and each raw r is logged; when set, name/path "
                          "are ignored")
 
 
 @dataclass
 class MethodConfig:
-    name: str = _f("leapalign", "training method: leapalign, refl, draft, draft_lv, drtune, full")
-    args: dict = _f({}, "the method's hyperparameters (fields of its config dataclass, e.g. alpha, tau, hinge)")
+    name: str = option("leapalign", "training method: leapalign, refl, draft, draft_lv, drtune, full")
+    args: dict = option({}, "the method's hyperparameters (fields of its config dataclass, e.g. alpha, tau, hinge)")
 
 
 @dataclass
 class OptimConfig:
-    lr: float = _f(1e-5, "AdamW learning rate (after warmup), per optimizer step")
-    betas: list = _f([0.9, 0.999], "AdamW (beta1, beta2)")
-    weight_decay: float = _f(1e-4, "AdamW decoupled weight decay")
-    eps: float = _f(1e-8, "AdamW epsilon")
-    max_grad_norm: float = _f(1.0, "clip the global gradient L2 norm to this value; 0 = no clipping")
-    warmup_steps: int = _f(0, "linear learning-rate warmup, in optimizer steps (then constant)")
+    lr: float = option(1e-5, "AdamW learning rate (after warmup), per optimizer step")
+    betas: list = option([0.9, 0.999], "AdamW (beta1, beta2)")
+    weight_decay: float = option(1e-4, "AdamW decoupled weight decay")
+    eps: float = option(1e-8, "AdamW epsilon")
+    max_grad_norm: float = option(1.0, "clip the global gradient L2 norm to this value; 0 = no clipping")
+    warmup_steps: int = option(0, "linear learning-rate warmup, in optimizer steps (then constant)")
 
 
 @dataclass
 class DataConfig:
-    prompts: str = _f("shapes:train", "training prompts: a .txt file (one per line), a .jsonl file ({'prompt': ...} "
+    prompts: str = option("shapes:train", "training prompts: a .txt file (one per line), a .jsonl file ({'prompt': ...} "
                                       "per line), or shapes:train / shapes:eval")
-    shuffle: bool = _f(True, "reshuffle the prompts every epoch (deterministically from seed and epoch)")
+    shuffle: bool = option(True, "reshuffle the prompts every epoch (deterministically from seed and epoch)")
 
 
 @dataclass
 class EvalConfig:
-    prompts: str | None = _f("shapes:eval", "evaluation prompts (same formats as data.prompts); None = no evaluation")
-    every: int = _f(0, "evaluate every N iterations (0 = only at the end); EMA weights are used when ema_decay > 0")
-    num_prompts: int = _f(32, "evaluate on the first N prompts of the file (0 = all)")
-    num_steps: int = _f(25, "Euler steps for evaluation sampling (paper: 50 for Flux)")
-    seed: int = _f(0, "noise seed of evaluation sample i is (seed, i): the same images for every checkpoint")
-    batch_size: int = _f(8, "images per sampling batch during evaluation")
-    geneval: bool = _f(True, "also score ShapesWorld prompts with the GenEval-like evaluator (shapes adapter only)")
+    prompts: str | None = option("shapes:eval", "evaluation prompts (same formats as data.prompts); None = no evaluation")
+    every: int = option(0, "evaluate every N iterations (0 = only at the end); EMA weights are used when ema_decay > 0")
+    num_prompts: int = option(32, "evaluate on the first N prompts of the file (0 = all)")
+    num_steps: int = option(25, "Euler steps for evaluation sampling (paper: 50 for Flux)")
+    seed: int = option(0, "noise seed of evaluation sample i is (seed, i): the same images for every checkpoint")
+    batch_size: int = option(8, "images per sampling batch during evaluation")
+    geneval: bool = option(True, "also score ShapesWorld prompts with the GenEval-like evaluator (shapes adapter only)")
 
 
 @dataclass
 class TrainConfig:
-    output_dir: str = _f("runs/leapalign", "directory for checkpoints, logs, metrics.jsonl, samples and final weights")
-    iterations: int = _f(300, "optimizer steps to train for")
-    batch_size: int = _f(1, "prompts per micro-batch per process; effective batch = batch_size x grad_accum x world size")
-    grad_accum: int = _f(1, "micro-batches accumulated per optimizer step")
-    mixed_precision: str = _f("no", "no or bf16 (autocast for transformer calls; master weights stay in model.dtype)")
-    seed: int = _f(0, "seed for data order, rollout noise and the methods' random choices")
-    ema_decay: float = _f(0.995, "EMA of trainable weights after every step (0 = no EMA); used for evaluation")
-    log_every: int = _f(1, "write metrics every N iterations")
-    save_every: int = _f(50, "checkpoint every N iterations (0 = only at the end)")
-    keep_checkpoints: int = _f(3, "keep at most this many checkpoints, deleting the oldest (0 = keep all)")
-    resume: str = _f("auto", "auto (newest valid checkpoint in output_dir, if any), none, or a checkpoint directory")
-    max_consecutive_skips: int = _f(5, "abort after this many consecutive steps with non-finite loss or gradient")
-    logger: str = _f("tensorboard", "tensorboard, wandb or none (metrics.jsonl is always written)")
-    cudnn_sdp: bool = _f(False, "allow cuDNN scaled-dot-product attention on CUDA (SPEC 10: off, it gave NaN grads)")
-    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "the model being trained"})
-    reward: RewardConfig = field(default_factory=RewardConfig, metadata={"help": "the differentiable reward"})
-    method: MethodConfig = field(default_factory=MethodConfig, metadata={"help": "the training method"})
-    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimizer and scheduler"})
-    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "training prompts"})
-    eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "periodic and final evaluation"})
+    output_dir: str = option("runs/leapalign", "directory for checkpoints, logs, metrics.jsonl, samples and final weights")
+    iterations: int = option(300, "optimizer steps to train for")
+    batch_size: int = option(1, "prompts per micro-batch per process; effective batch = batch_size x grad_accum x world size")
+    grad_accum: int = option(1, "micro-batches accumulated per optimizer step")
+    mixed_precision: str = option("no", "no or bf16 (autocast for transformer calls; master weights stay in model.dtype)")
+    seed: int = option(0, "seed for data order, rollout noise and the methods' random choices")
+    ema_decay: float = option(0.995, "EMA of trainable weights after every step (0 = no EMA); used for evaluation")
+    log_every: int = option(1, "write metrics every N iterations")
+    save_every: int = option(50, "checkpoint every N iterations (0 = only at the end)")
+    keep_checkpoints: int = option(3, "keep at most this many checkpoints, deleting the oldest (0 = keep all)")
+    resume: str = option("auto", "auto (newest valid checkpoint in output_dir, if any), none, or a checkpoint directory")
+    max_consecutive_skips: int = option(5, "abort after this many consecutive steps with non-finite loss or gradient")
+    logger: str = option("tensorboard", "tensorboard, wandb or none (metrics.jsonl is always written)")
+    cudnn_sdp: bool = option(False, "allow cuDNN scaled-dot-product attention on CUDA (off: it gave NaN LoRA grads on an H100, docs/models.md)")
+    model: ModelConfig = option(ModelConfig(), "the model being trained")
+    reward: RewardConfig = option(RewardConfig(), "the differentiable reward")
+    method: MethodConfig = option(MethodConfig(), "the training method")
+    optim: OptimConfig = option(OptimConfig(), "optimizer and scheduler")
+    data: DataConfig = option(DataConfig(), "training prompts")
+    eval: EvalConfig = option(EvalConfig(), "periodic and final evaluation")
 
 
 def _type_name(tp: Any) -> str:
@@ -131,8 +127,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return float(value)
         except ValueError:
             pass
-    if tp is list and isinstance(value, tuple):
-        return list(value)
+    if tp in (list, tuple) or typing.get_origin(tp) in (list, tuple):
+        if isinstance(value, str):  # a command-line list: a,b,c (each item parsed as YAML)
+            value = [_yaml_value(v) for v in value.split(",") if v]
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):  # seeds=0: a list of one
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            container = typing.get_origin(tp) or tp
+            return container(value)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ValueError(f"{key} must be a mapping of its fields, got {value!r}")
@@ -151,14 +153,39 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
 
 
-def to_dict(cfg: TrainConfig) -> dict:
+def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(data: dict) -> TrainConfig:
+def config_yaml(cfg: Any) -> str:
+    """The config as YAML (what `final/config.yaml` and `--print-config` hold)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def build(cls: type, data: dict) -> Any:
+    """A config dataclass from a nested mapping, every value checked against its annotation."""
     if not isinstance(data, dict):
         raise ValueError(f"a config must be a mapping of keys, got {type(data).__name__}")
-    return _build(TrainConfig, data)
+    return _build(cls, data)
+
+
+def from_dict(data: dict) -> TrainConfig:
+    return build(TrainConfig, data)
+
+
+def parse_overrides(cls: type, overrides: list[str], base: dict | None = None) -> Any:
+    """cls built from `base` (a partial mapping, e.g. a preset) with dotted `key=value` overrides on top: the one
+    override parser of `train`, `demo` and `shapes pretrain|reward`."""
+    return build(cls, apply_overrides(dict(base or {}), list(overrides)))
+
+
+def _yaml_value(raw: str) -> Any:
+    if raw.lower() == "none":
+        return None
+    try:
+        return yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        return raw
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -167,10 +194,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r} must look like key=value, e.g. optim.lr=5e-6")
-        try:
-            value = None if raw.lower() == "none" else yaml.safe_load(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
+        value = _yaml_value(raw)
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
@@ -269,14 +293,22 @@ def method_config(cfg: TrainConfig) -> Any:
         raise ValueError(f"method.args for {cfg.method.name}: {err}; valid fields: {valid}") from None
 
 
-def describe(cls: type = TrainConfig, prefix: str = "") -> list[str]:
-    """One line per field: dotted key, default and help (for `leapalign train --help-config`)."""
+def describe(cls: type, prefix: str = "") -> list[str]:
+    """One line per field of a config dataclass (nested ones flattened): dotted key, default and help
+    (what `--list-keys` prints)."""
     lines = []
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(f.type) or (isinstance(f.type, str) and f.name in
-                                                 ("model", "reward", "method", "optim", "data", "eval")):
-            lines += describe(typing.get_type_hints(cls)[f.name], prefix + f.name + ".")
+        if dataclasses.is_dataclass(hints[f.name]):
+            lines += describe(hints[f.name], prefix + f.name + ".")
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             lines.append(f"{prefix}{f.name} = {default!r}: {f.metadata['help']}")
     return lines
+
+
+def describe_train(cfg: TrainConfig) -> list[str]:
+    """describe(TrainConfig), plus the fields of the chosen method's config as method.args.<field>."""
+    from leapalign.methods import get_method
+
+    return describe(TrainConfig) + describe(get_method(cfg.method.name).config, "method.args.")

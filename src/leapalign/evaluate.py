@@ -1,4 +1,4 @@
-"""Evaluation: fixed-seed sampling, reward and GenEval-like scores, image grids, run histories, trained weights.
+"""Evaluation: fixed-seed sampling, reward and GenEval-like scores, image grids.
 
 Image i of a prompt list is always sampled from the noise of seed (seed, i), whatever the model or checkpoint,
 so base and fine-tuned models can be compared on the same noise (same-noise layout comparisons need this).
@@ -6,15 +6,12 @@ so base and fine-tuned models can be compared on the same noise (same-noise layo
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from PIL import Image
-from safetensors.torch import load_file
 
 from leapalign.data import generator
 from leapalign.flow import sample_trajectory
@@ -121,57 +118,3 @@ def save_png(image: torch.Tensor, path: str | Path) -> None:
     """One image (3, H, W) in [0, 1] -> PNG."""
     array = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     Image.fromarray(array).save(path)
-
-
-def read_history(path: Path) -> list[dict]:
-    """metrics.jsonl -> list of records (one per logged iteration, eval records included)."""
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def truncate_history(path: Path, step: int) -> None:
-    """Drop records after `step` (logged by a run that died after its last checkpoint), keeping resume exact."""
-    kept = [r for r in read_history(path) if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-
-
-def config_yaml(cfg) -> str:
-    from leapalign.config import to_dict
-
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def load_trained(weights_dir: str | Path, *, ema: bool = True, device: torch.device | str = "cpu"):
-    """(adapter with trained weights, its TrainConfig). `weights_dir` is a run directory, its `final/` directory, or
-    a checkpoint directory (OUTPUT_DIR/checkpoints/step_*). ema=True loads the EMA weights when the run kept them."""
-    from leapalign.config import from_dict
-    from leapalign.trainer import build_model
-
-    d = Path(weights_dir)
-    if (d / "final").is_dir():
-        d = d / "final"
-    is_checkpoint = (d / "meta.json").is_file() and (d / "model.safetensors").is_file()
-    if not (d / "config.yaml").is_file() or not (is_checkpoint or (d / "weights.safetensors").is_file()):
-        raise FileNotFoundError(f"{weights_dir} holds no trained weights (expected a run directory, its final/ "
-                                f"directory or a checkpoints/step_* directory written by `leapalign train`)")
-    cfg = from_dict(yaml.safe_load((d / "config.yaml").read_text()))
-    adapter = build_model(cfg, device)
-    names = [n for n, p in adapter.transformer.named_parameters() if p.requires_grad]
-    if is_checkpoint:
-        # accelerate saved the (DDP-wrapped) trainable weights; the EMA shadow is a list in parameter order.
-        state = {k.removeprefix("module."): v for k, v in load_file(str(d / "model.safetensors")).items()}
-        ema_state = torch.load(d / "trainer_state_0.pt", map_location="cpu", weights_only=False)["ema"]
-        if ema and ema_state is not None:
-            state = dict(zip(names, ema_state["shadow"]))
-    else:
-        file = d / "ema.safetensors" if ema and (d / "ema.safetensors").is_file() else d / "weights.safetensors"
-        state = load_file(str(file))
-    missing = sorted(set(names) - set(state))
-    unexpected = sorted(set(state) - set(names))
-    if missing or unexpected:
-        raise ValueError(f"weights in {d} do not match the model: "
-                         + (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"))
-    adapter.transformer.load_state_dict(state, strict=False)
-    adapter.transformer.eval()
-    return adapter, cfg

@@ -1,4 +1,5 @@
-"""Where per-step metrics go: metrics.jsonl always (the history), TensorBoard by default, wandb optionally."""
+"""Where per-step metrics go: metrics.jsonl always (the history), TensorBoard by default, wandb optionally; reading
+and truncating that history."""
 
 from __future__ import annotations
 
@@ -48,3 +49,16 @@ class MetricsLog:
             self.writer.close()
         if self.wandb is not None:
             self.wandb.finish()
+
+
+def read_history(path: Path) -> list[dict]:
+    """metrics.jsonl -> list of records (one per logged iteration, eval records included)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_history(path: Path, step: int) -> None:
+    """Drop records after `step` (logged by a run that died after its last checkpoint), keeping resume exact."""
+    kept = [r for r in read_history(path) if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in kept))

@@ -4,15 +4,19 @@ The only accelerate user (with the CLI). One process or many (DDP; FSDP for full
 `accelerate launch` / torchrun and accelerate's config, never by this file. Every sample's prompt and noise and
 every micro-batch's method seed derive from (seed, global position) alone (see data.py), so a resumed run and a
 run on a different number of processes with the same global batch see the same data.
+
+Reads top to bottom: `setup` builds everything a run needs, `resume` restores a checkpoint, `train` runs the loop
+of one iteration at a time, `save_final` writes the final weights.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterator
 
 import torch
 from accelerate import Accelerator
@@ -22,19 +26,16 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from leapalign import checkpoint, evaluate
-from leapalign.adapters import load_adapter
-from leapalign.adapters.cache import EmbeddingCache, ensure_cache
-from leapalign.adapters.lora import LoraConfig, apply_lora, save_lora, set_full_finetuning
-from leapalign.config import TrainConfig, composite_terms, method_config, to_dict, validate
+from leapalign.adapters.lora import save_lora
+from leapalign.config import TrainConfig, composite_terms, config_yaml, method_config, to_dict, validate
 from leapalign.data import PromptOrder, generator, load_prompts, spread
-from leapalign.flow import inference_rollout
 from leapalign.ema import EMA
-from leapalign.methods import get_method
-from leapalign.metrics_log import MetricsLog
+from leapalign.flow import inference_rollout
+from leapalign.methods import Method, get_method
+from leapalign.metrics_log import MetricsLog, read_history, truncate_history
+from leapalign.models import build_model, use_embedding_cache
 from leapalign.rewards import load_reward
 from leapalign.rewards.composite import CompositeReward
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class TrainingAborted(RuntimeError):
@@ -53,28 +54,42 @@ class TrainResult:
     start_step: int = 0  # iterations already done by the checkpoint this run resumed from (0 = fresh start)
 
 
-def build_model(cfg: TrainConfig, device: torch.device | str):
-    """The adapter with LoRA / gradient checkpointing applied as configured (also used by eval and generate)."""
-    m = cfg.model
-    adapter = load_adapter(m.adapter, m.path, device=device, dtype=DTYPES[m.dtype], guidance_scale=m.guidance_scale)
-    if m.lora_rank > 0:
-        apply_lora(adapter, LoraConfig(rank=m.lora_rank, alpha=m.lora_alpha, targets=m.lora_targets))
-    else:
-        set_full_finetuning(adapter)
-    if m.gradient_checkpointing:
-        adapter.set_gradient_checkpointing(True)
-    return adapter
+@dataclass
+class Run:
+    """Everything the loop needs, built once by `setup`."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    adapter: Any  # its transformer is the accelerate-prepared module (DDP/FSDP wrapper, autocast)
+    reward: Any
+    method: Method
+    method_cfg: Any
+    order: PromptOrder
+    eval_prompts: list[str]
+    sigmas: torch.Tensor  # (T+1,) training schedule
+    velocity: Any  # adapter.velocity, under inference_mode for no-grad calls when configured
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    params: list[torch.nn.Parameter]  # what is clipped and EMA'd (FSDP: the flat shards)
+    ema: EMA | None
+    log: MetricsLog | None = None
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.adapter.transformer
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
 
 
-def use_embedding_cache(adapter, root: str, prompts: list[str]) -> None:
-    """Encode the prompts missing from the cache at `root`, free the text encoders, and make the adapter read
-    every later encode_prompts (training and evaluation) from the cache."""
-    if not hasattr(adapter, "cache_settings"):
-        raise ValueError(f"model.embedding_cache needs a flux or sd3 model; {type(adapter).__name__} has no "
-                         f"text-encoder cache, set model.embedding_cache=none")
-    ensure_cache(adapter, prompts, root)
-    adapter.drop_text_encoders()
-    adapter.encode_prompts = EmbeddingCache.for_adapter(root, adapter).load  # instance attribute shadows the method
+@dataclass
+class Counters:
+    """What a checkpoint stores besides accelerate's state."""
+
+    step: int = 0  # iterations done
+    skipped: int = 0  # non-finite steps skipped so far
+    consecutive: int = 0  # of them, in a row up to now
 
 
 def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
@@ -84,25 +99,64 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     # would step it num_processes times).
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
     try:
-        return _train(cfg, accelerator, progress, t_start)
+        run = setup(cfg, accelerator)
+        counters = resume(run)
+        start = counters.step
+        main = accelerator.is_main_process
+        run.log = MetricsLog(run.out_dir, cfg.logger, to_dict(cfg), enabled=main)
+        bar = tqdm(total=cfg.iterations, initial=start, disable=not (progress and main), desc=cfg.method.name,
+                   dynamic_ncols=True)
+        run.model.train()
+        for step in range(start, cfg.iterations):
+            t_step = time.perf_counter()
+            metrics = {}
+            for micro in range(cfg.grad_accum):
+                for k, v in micro_step(run, step, micro).items():
+                    metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
+            finite = optimizer_step(run, counters, metrics)
+            metrics.update(lr=run.scheduler.get_last_lr()[0], skipped_steps=counters.skipped,
+                           step_seconds=time.perf_counter() - t_step)
+            counters.step = step + 1
+            if counters.step % cfg.log_every == 0 or not finite:
+                run.log.log(counters.step, metrics)
+            bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.4f}",
+                            loss=f"{metrics.get('loss', 0):.4f}", skipped=counters.skipped)
+            bar.update(1)
+            if counters.consecutive >= cfg.max_consecutive_skips:
+                bar.close()
+                run.log.close()
+                raise TrainingAborted(
+                    f"aborted at iteration {counters.step}: {counters.consecutive} consecutive steps had a non-finite "
+                    f"loss or gradient (last grad norm {metrics['grad_norm']}, loss {metrics.get('loss')}); lower "
+                    f"optim.lr, check the reward, or resume from the last checkpoint in {run.out_dir / 'checkpoints'}")
+            if counters.step < cfg.iterations:
+                if cfg.eval.every and counters.step % cfg.eval.every == 0:
+                    run_eval(run, counters.step)
+                if cfg.save_every and counters.step % cfg.save_every == 0:
+                    save_checkpoint(run, counters)
+        bar.close()
+        counters.step = cfg.iterations
+        save_checkpoint(run, counters)
+        weights, ema_weights = save_final(run)
+        eval_metrics = run_eval(run, cfg.iterations)
+        run.log.close()
+        history = read_history(run.out_dir / "metrics.jsonl") if main else []
+        return TrainResult(run.out_dir, weights, ema_weights, history, eval_metrics, time.perf_counter() - t_start,
+                           counters.skipped, start_step=start)
     finally:
         # Lets one Python process call train() several times (the demo trains one model per method).
         AcceleratorState._reset_state()
 
 
-def _train(cfg: TrainConfig, accelerator: Accelerator, progress: bool, t_start: float) -> TrainResult:
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    main = accelerator.is_main_process
+def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
+    """Model, reward, method, data, optimizer, EMA; cheap inputs first, so that a typo fails before a 12B model
+    is loaded."""
     if torch.cuda.is_available():
         torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_sdp)
-    out_dir = Path(cfg.output_dir)
-    ckpt_root = out_dir / "checkpoints"
-
-    # ---- set up: model, reward, method, data, optimizer ----
-    # Cheap inputs first, so that a typo fails before a 12B model is loaded.
+    device = accelerator.device
     order = PromptOrder(load_prompts(cfg.data.prompts), cfg.seed, cfg.data.shuffle)
     eval_prompts = spread(load_prompts(cfg.eval.prompts), cfg.eval.num_prompts) if cfg.eval.prompts else []
-    method, mcfg = get_method(cfg.method.name), method_config(cfg)
+    method, method_cfg = get_method(cfg.method.name), method_config(cfg)
     adapter = build_model(cfg, device)
     if cfg.model.embedding_cache:
         with accelerator.main_process_first():  # one writer; the other ranks then find every entry valid
@@ -110,171 +164,164 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, progress: bool, t_start: 
     terms = composite_terms(cfg)
     reward = (CompositeReward.from_terms(terms, device=device) if terms
               else load_reward(cfg.reward.name, path=cfg.reward.path, device=device))
-    m = cfg.model
-    sigmas = adapter.sigmas(m.num_steps, m.height, m.width)
-    velocity = inference_rollout(adapter.velocity) if m.inference_rollout else adapter.velocity
-    latent_shape = adapter.latent_shape(m.height, m.width)
-
+    m, o = cfg.model, cfg.optim
     params = adapter.trainable_parameters()
     if not params:
         raise ValueError("the model has no trainable parameters; set model.lora_rank > 0 or use full fine-tuning")
-    o = cfg.optim
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
     warmup = max(o.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
-    model, optimizer, scheduler = accelerator.prepare(adapter.transformer, optimizer, scheduler)
-    adapter.transformer = model  # so that adapter.velocity runs the wrapped (DDP/FSDP, autocast) module
-    params = [p for p in model.parameters() if p.requires_grad]  # FSDP replaces them by flat shards
-    trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
-    ema = EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    # From here on adapter.velocity runs the wrapped (DDP/FSDP, autocast) module.
+    adapter.transformer, optimizer, scheduler = accelerator.prepare(adapter.transformer, optimizer, scheduler)
+    params = [p for p in adapter.transformer.parameters() if p.requires_grad]  # FSDP replaces them by flat shards
+    trainable = {n for n, p in adapter.transformer.named_parameters() if p.requires_grad}
 
     def keep_trainable(models, weights, output_dir):
         # Checkpoints hold the trainable weights only (a LoRA checkpoint must not copy the frozen base model).
         for state in weights:
-            for key in [k for k in state if k not in trainable_names]:
+            for key in [k for k in state if k not in trainable]:
                 del state[key]
 
     accelerator.register_save_state_pre_hook(keep_trainable)
+    return Run(cfg, accelerator, adapter, reward, method, method_cfg, order, eval_prompts,
+               sigmas=adapter.sigmas(m.num_steps, m.height, m.width),
+               velocity=inference_rollout(adapter.velocity) if m.inference_rollout else adapter.velocity,
+               optimizer=optimizer, scheduler=scheduler, params=params,
+               ema=EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None)
 
-    # ---- resume ----
-    start, skipped, consecutive = 0, 0, 0
-    resume_from = None
+
+def resume(run: Run) -> Counters:
+    """Restore the checkpoint that cfg.resume names (auto: the newest valid one), if any; trims metrics.jsonl to it."""
+    cfg, accelerator = run.cfg, run.accelerator
+    if cfg.resume == "none":
+        return Counters()
     if cfg.resume == "auto":
-        resume_from = checkpoint.latest_valid(ckpt_root)
-    elif cfg.resume != "none":
-        resume_from = Path(cfg.resume)
-        why = checkpoint.problem(resume_from)
+        path = checkpoint.latest_valid(run.out_dir / "checkpoints")
+        if path is None:
+            return Counters()
+    else:
+        path = Path(cfg.resume)
+        why = checkpoint.problem(path)
         if why is not None:
-            raise ValueError(f"cannot resume from {resume_from}: {why}")
-    if resume_from is not None:
-        state = checkpoint.load(accelerator, resume_from)
-        start, skipped, consecutive = state["step"], state["skipped"], state["consecutive"]
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
+            raise ValueError(f"cannot resume from {path}: {why}")
+    state = checkpoint.load(accelerator, path)
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema"])
+    if accelerator.is_main_process:
+        print(f"resuming from {path} (iteration {state['step']})")
+        truncate_history(run.out_dir / "metrics.jsonl", state["step"])
+    return Counters(state["step"], state["skipped"], state["consecutive"])
+
+
+def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
+    """One micro-batch: prompts and noise for (step, micro, rank), the method's loss, backward. Returns its metrics."""
+    cfg, accelerator = run.cfg, run.accelerator
+    positions = run.order.micro_batch(step, micro, accelerator.process_index, cfg.batch_size,
+                                      accelerator.num_processes, cfg.grad_accum)
+    prompts = [run.order.prompts[run.order.index(p)] for p in positions]
+    cond = run.adapter.encode_prompts(prompts)
+    latent_shape = run.adapter.latent_shape(cfg.model.height, cfg.model.width)
+    noise = torch.stack([torch.randn(latent_shape, generator=generator(cfg.seed, 1, p)) for p in positions])
+    noise = noise.to(accelerator.device)  # (B, *latent_shape), per-sample seeds: independent of the process layout
+
+    def reward_fn(x0: torch.Tensor) -> torch.Tensor:
+        return run.reward(run.adapter.decode(x0), prompts)  # (B,)
+
+    def backward(loss: torch.Tensor) -> None:
+        accelerator.backward(loss / cfg.grad_accum)
+
+    # Gradients are all-reduced on the last micro-batch only; the pair/truncation seed is shared by all processes
+    # for a given (step, micro), as one process with the whole global batch would use one.
+    with nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(run.model):
+        out = run.method.step(run.velocity, noise, run.sigmas, cond, reward_fn, run.method_cfg,
+                              generator(cfg.seed, 2, step, micro), backward=backward)
+        if not out.backward_done:
+            backward(out.loss)
+    parts = run.reward.metrics() if isinstance(run.reward, CompositeReward) else {}  # raw per-term rewards
+    return {**out.metrics, **parts}
+
+
+def optimizer_step(run: Run, counters: Counters, metrics: dict[str, float]) -> bool:
+    """Average the metrics over processes, clip, and step (optimizer, scheduler, EMA) unless anything is
+    non-finite on any process, in which case the update is skipped and counted. Returns whether it stepped."""
+    accelerator, o = run.accelerator, run.cfg.optim
+    grad_norm = accelerator.clip_grad_norm_(run.params, o.max_grad_norm if o.max_grad_norm > 0 else math.inf)
+    keys = sorted(metrics)
+    reduced = accelerator.reduce(torch.tensor([metrics[k] for k in keys], device=accelerator.device), reduction="mean")
+    metrics.clear()
+    metrics.update(zip(keys, reduced.tolist()), grad_norm=float(grad_norm))
+    finite = all(math.isfinite(v) for v in metrics.values())
+    if finite:
+        run.optimizer.step()
+        run.scheduler.step()
+        if run.ema is not None:
+            run.ema.update()
+        counters.consecutive = 0
+    else:
+        counters.skipped, counters.consecutive = counters.skipped + 1, counters.consecutive + 1
+    run.optimizer.zero_grad(set_to_none=True)
+    return finite
+
+
+@contextmanager
+def unwrapped(run: Run) -> Iterator[None]:
+    """The adapter runs the plain (unwrapped) module inside the block, e.g. for sampling on one process."""
+    wrapped = run.adapter.transformer
+    run.adapter.transformer = run.accelerator.unwrap_model(wrapped)
+    try:
+        yield
+    finally:
+        run.adapter.transformer = wrapped
+
+
+def run_eval(run: Run, step: int) -> dict[str, float]:
+    """Sample the eval prompts with fixed seeds (EMA weights when kept), score, save a grid, log."""
+    # DDP: the main process samples with the unwrapped module (no collectives); FSDP: every process must run the
+    # sharded module in lockstep, so all sample and the main one reports.
+    cfg, accelerator, main = run.cfg, run.accelerator, run.accelerator.is_main_process
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    metrics: dict[str, float] = {}
+    if run.eval_prompts and (main or fsdp):
+        e, m = cfg.eval, cfg.model
+        with (nullcontext() if fsdp else unwrapped(run)), (run.ema.swapped() if run.ema else nullcontext()), \
+                accelerator.autocast():
+            report = evaluate.evaluate_adapter(run.adapter, run.reward, run.eval_prompts, num_steps=e.num_steps,
+                                               height=m.height, width=m.width, seed=e.seed, batch_size=e.batch_size,
+                                               geneval=e.geneval)
         if main:
-            print(f"resuming from {resume_from} (iteration {start})")
-    initial_step = start
-    log = MetricsLog(out_dir, cfg.logger, to_dict(cfg), enabled=main)
-    if main and resume_from is not None:
-        evaluate.truncate_history(out_dir / "metrics.jsonl", start)
+            evaluate.save_grid(report.images, run.out_dir / "samples" / f"step_{step:07d}.png")
+            metrics = {f"eval/{k}": v for k, v in report.metrics.items()}
+            run.log.log(step, metrics)
+    accelerator.wait_for_everyone()
+    return metrics
 
-    def save_checkpoint(step: int) -> None:
-        state = {"step": step, "skipped": skipped, "consecutive": consecutive,
-                 "ema": ema.state_dict() if ema is not None else None}
-        checkpoint.save(accelerator, ckpt_root, step, state, to_dict(cfg), cfg.keep_checkpoints)
 
-    def run_eval(step: int) -> dict[str, float]:
-        # DDP: the main process samples with the unwrapped module (no collectives); FSDP: every process must run
-        # the sharded module in lockstep, so all sample and the main one reports.
-        fsdp = accelerator.distributed_type == DistributedType.FSDP
-        metrics: dict[str, float] = {}
-        if eval_prompts and (main or fsdp):
-            adapter.transformer = model if fsdp else accelerator.unwrap_model(model)
-            with (ema.swapped() if ema is not None else nullcontext()), accelerator.autocast():
-                report = evaluate.evaluate_adapter(
-                    adapter, reward, eval_prompts, num_steps=cfg.eval.num_steps, height=m.height, width=m.width,
-                    seed=cfg.eval.seed, batch_size=cfg.eval.batch_size, geneval=cfg.eval.geneval)
-            adapter.transformer = model
-            if main:
-                evaluate.save_grid(report.images, out_dir / "samples" / f"step_{step:07d}.png")
-                metrics = {f"eval/{k}": v for k, v in report.metrics.items()}
-                log.log(step, metrics)
-        accelerator.wait_for_everyone()
-        return metrics
+def save_checkpoint(run: Run, counters: Counters) -> None:
+    state = {"step": counters.step, "skipped": counters.skipped, "consecutive": counters.consecutive,
+             "ema": run.ema.state_dict() if run.ema is not None else None}
+    checkpoint.save(run.accelerator, run.out_dir / "checkpoints", counters.step, state, to_dict(run.cfg),
+                    run.cfg.keep_checkpoints)
 
-    # ---- the loop ----
-    batch, accum = cfg.batch_size, cfg.grad_accum
-    bar = tqdm(total=cfg.iterations, initial=start, disable=not (progress and main), desc=cfg.method.name,
-               dynamic_ncols=True)
-    model.train()
-    for step in range(start, cfg.iterations):
-        t_step = time.perf_counter()
-        sums: dict[str, float] = {}
-        for micro in range(accum):
-            positions = order.micro_batch(step, micro, rank, batch, world, accum)
-            prompts = [order.prompts[order.index(p)] for p in positions]
-            cond = adapter.encode_prompts(prompts)
-            noise = torch.stack([torch.randn(latent_shape, generator=generator(cfg.seed, 1, p)) for p in positions])
-            noise = noise.to(device)  # (B, *latent_shape), per-sample seeds: independent of the process layout
 
-            def reward_fn(x0: torch.Tensor, prompts=prompts) -> torch.Tensor:
-                return reward(adapter.decode(x0), prompts)  # (B,)
-
-            def backward(loss: torch.Tensor) -> None:
-                accelerator.backward(loss / accum)
-
-            # Gradients are all-reduced on the last micro-batch only; the pair/truncation seed is shared by all
-            # processes for a given (step, micro), as one process with the whole global batch would use one.
-            sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(model)
-            with sync:
-                out = method.step(velocity, noise, sigmas, cond, reward_fn, mcfg,
-                                  generator(cfg.seed, 2, step, micro), backward=backward)
-                if not out.backward_done:
-                    backward(out.loss)
-            parts = reward.metrics() if isinstance(reward, CompositeReward) else {}  # raw per-term rewards
-            for k, v in {**out.metrics, **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v / accum
-
-        # Clip (and measure) the global gradient norm; non-finite anywhere -> skip the update on every process.
-        grad_norm = accelerator.clip_grad_norm_(params, o.max_grad_norm if o.max_grad_norm > 0 else math.inf)
-        keys = sorted(sums)
-        reduced = accelerator.reduce(torch.tensor([sums[k] for k in keys], device=device), reduction="mean")
-        metrics = dict(zip(keys, reduced.tolist()))
-        grad_norm = float(grad_norm)
-        finite = math.isfinite(grad_norm) and all(math.isfinite(v) for v in metrics.values())
-        if finite:
-            optimizer.step()
-            scheduler.step()
-            if ema is not None:
-                ema.update()
-            consecutive = 0
-        else:
-            skipped, consecutive = skipped + 1, consecutive + 1
-        optimizer.zero_grad(set_to_none=True)
-        metrics.update(grad_norm=grad_norm, lr=scheduler.get_last_lr()[0], skipped_steps=skipped,
-                       step_seconds=time.perf_counter() - t_step)
-        if (step + 1) % cfg.log_every == 0 or not finite:
-            log.log(step + 1, metrics)
-        bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.4f}", loss=f"{metrics.get('loss', 0):.4f}",
-                        skipped=skipped)
-        bar.update(1)
-        if consecutive >= cfg.max_consecutive_skips:
-            bar.close()
-            log.close()
-            raise TrainingAborted(
-                f"aborted at iteration {step + 1}: {consecutive} consecutive steps had a non-finite loss or gradient "
-                f"(last grad norm {grad_norm}, loss {metrics.get('loss')}); lower optim.lr, check the reward, or "
-                f"resume from the last checkpoint in {ckpt_root}")
-        if cfg.eval.every and (step + 1) % cfg.eval.every == 0 and step + 1 < cfg.iterations:
-            run_eval(step + 1)
-        if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.iterations:
-            save_checkpoint(step + 1)
-    bar.close()
-
-    # ---- finish: last checkpoint, final weights (raw and EMA), final evaluation ----
-    save_checkpoint(cfg.iterations)
-    final = out_dir / "final"
+def save_final(run: Run) -> tuple[Path, Path | None]:
+    """final/weights.safetensors, final/ema.safetensors (when kept), config.yaml and, for LoRA on a diffusers
+    model, a diffusers-format LoRA (`pipe.load_lora_weights(final / "lora")`, EMA weights when kept)."""
+    accelerator, ema, final = run.accelerator, run.ema, run.out_dir / "final"
     weights, ema_path = final / "weights.safetensors", (final / "ema.safetensors" if ema is not None else None)
-    state = _trainable_state(accelerator, model)
+    state = _trainable_state(accelerator, run.model)
     with ema.swapped() if ema is not None else nullcontext():
-        ema_state = _trainable_state(accelerator, model) if ema is not None else None
-        if main:
+        ema_state = _trainable_state(accelerator, run.model) if ema is not None else None
+        if accelerator.is_main_process:
             final.mkdir(parents=True, exist_ok=True)
             save_file(state, str(weights))
             if ema is not None:
                 save_file(ema_state, str(ema_path))
-            (final / "config.yaml").write_text(evaluate.config_yaml(cfg))
-            if m.lora_rank > 0 and hasattr(adapter, "pipe"):
-                # diffusers-format LoRA (EMA weights when kept): `pipe.load_lora_weights(final / "lora")` loads it.
-                adapter.transformer = accelerator.unwrap_model(model)
-                save_lora(adapter, final / "lora")
-                adapter.transformer = model
+            (final / "config.yaml").write_text(config_yaml(run.cfg))
+            if run.cfg.model.lora_rank > 0 and hasattr(run.adapter, "pipe"):
+                with unwrapped(run):
+                    save_lora(run.adapter, final / "lora")
     accelerator.wait_for_everyone()
-    eval_metrics = run_eval(cfg.iterations)
-    log.close()
-    history = evaluate.read_history(out_dir / "metrics.jsonl") if main else []
-    return TrainResult(out_dir, weights, ema_path, history, eval_metrics, time.perf_counter() - t_start, skipped,
-                       start_step=initial_step)
+    return weights, ema_path
 
 
 def _trainable_state(accelerator: Accelerator, model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,8 +1,10 @@
-"""Records passed between modules (no tuples, no kwargs catch-alls)."""
+"""Records passed between modules (no tuples, no kwargs catch-alls), and the one way a config field is declared."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any, Callable
 
 import torch
@@ -11,6 +13,19 @@ import torch
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 # reward_fn(x0 (B, ...)) -> (B,) rewards, differentiable w.r.t. x0 (decode + reward model inside).
 RewardFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def option(default: Any, help: str) -> Any:
+    """A config dataclass field with its default and help string (`--list-keys` prints the help).
+
+    Every config dataclass (training, methods, demo, bench, ShapesWorld loops) declares its fields this way;
+    mutable defaults (lists, dicts, nested config instances) get a fresh copy per instance.
+    """
+    if is_dataclass(default):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass

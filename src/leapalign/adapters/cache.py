@@ -112,7 +112,7 @@ def ensure_cache(adapter, prompts: list[str], root: str | os.PathLike, *, batch_
     todo = cache.invalid(prompts)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
-        record = adapter.encode_prompts(chunk)
+        record = adapter.encode_with_text_encoders(chunk)
         for i, prompt in enumerate(chunk):
             cache.write(prompt, record.select(slice(i, i + 1)))
     return len(todo)

@@ -43,6 +43,18 @@ class DiffusersAdapter:
     """Base of FluxAdapter and SD3Adapter; subclasses set self.pipe, self.transformer and TEXT_ENCODERS."""
 
     TEXT_ENCODERS: tuple[str, ...] = ()
+    prompt_cache = None  # an EmbeddingCache once use_prompt_cache() is called: encode_prompts reads from it
+
+    def encode_prompts(self, prompts: list[str]):
+        """Prompts -> the conditioning record: from the embedding cache when one is in use, else the text encoders."""
+        if self.prompt_cache is not None:
+            return self.prompt_cache.load(prompts)
+        return self.encode_with_text_encoders(prompts)
+
+    def use_prompt_cache(self, cache) -> None:
+        """Read every later encode_prompts from `cache` (an EmbeddingCache) and free the text encoders."""
+        self.prompt_cache = cache
+        self.drop_text_encoders()
 
     def _freeze_frozen_parts(self) -> None:
         for name in ("vae",) + self.TEXT_ENCODERS:

@@ -64,7 +64,7 @@ class FluxAdapter(DiffusersAdapter):
         pipe = load_pipeline(FluxPipeline, path, dtype=dtype, device=device, text_encoders=text_encoders)
         return cls(pipe, guidance_scale=guidance_scale, max_sequence_length=max_sequence_length, model_id=str(path))
 
-    def encode_prompts(self, prompts: list[str]) -> FluxConditioning:
+    def encode_with_text_encoders(self, prompts: list[str]) -> FluxConditioning:
         """CLIP pooled + T5 embeddings (no gradient), as FluxPipeline.encode_prompt."""
         self._require_text_encoders()
         with torch.no_grad():

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from leapalign.types import option
+
 _ATTN = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"]
 _ATTN_CONTEXT = ["attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"]
 _FF = ["ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2"]
@@ -36,10 +38,10 @@ LORA_PRESETS: dict[str, dict[str, list[str]]] = {
 class LoraConfig:
     """LoRA hyper-parameters. Effective update scale = alpha / rank."""
 
-    rank: int = 64  # inner dimension r of the update B @ A
-    alpha: float | None = None  # scale numerator; None = rank (scale 1)
-    dropout: float = 0.0  # dropout on the LoRA branch input during training
-    targets: str | list[str] = "default"  # a preset name of LORA_PRESETS[arch] or explicit module-name suffixes
+    rank: int = option(64, "inner dimension r of the update B @ A")
+    alpha: float | None = option(None, "scale numerator; None = rank (scale 1)")
+    dropout: float = option(0.0, "dropout on the LoRA branch input during training")
+    targets: str | list[str] = option("default", "a preset name of LORA_PRESETS[arch] or explicit module-name suffixes")
 
 
 def architecture(transformer: torch.nn.Module) -> str:

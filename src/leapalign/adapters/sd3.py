@@ -70,7 +70,7 @@ class SD3Adapter(DiffusersAdapter):
     def do_cfg(self) -> bool:
         return self.guidance_scale > 1
 
-    def encode_prompts(self, prompts: list[str]) -> SD3Conditioning:
+    def encode_with_text_encoders(self, prompts: list[str]) -> SD3Conditioning:
         """CLIP-L/G + T5 embeddings and the negative prompt's (if CFG), as StableDiffusion3Pipeline.encode_prompt."""
         self._require_text_encoders()
         prompts = list(prompts)

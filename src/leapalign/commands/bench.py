@@ -1,4 +1,4 @@
-"""`leapalign bench`: peak memory, time per iteration and rollout share per method and T (SPEC section 9).
+"""`leapalign bench`: peak memory, time per iteration and rollout share per method and T (docs/benchmarks.md).
 
     leapalign bench --out bench/cpu                                   # ShapesWorld on CPU, one process per case
     leapalign bench --model flux-random --device cuda --out bench/gpu # FLUX.1-dev-sized, LoRA, bf16, 512x512
@@ -11,8 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from leapalign.bench import ALL_CASES, make_case
-from leapalign.bench_models import MODELS
+from leapalign.bench.measure import ALL_CASES, make_case
+from leapalign.bench.workloads import MODELS
 
 HELP = "benchmark memory and time per method and number of steps (table, JSON, PNG)"
 
@@ -63,8 +63,8 @@ def parse_grid(args: argparse.Namespace) -> list:
 
 
 def run(args: argparse.Namespace) -> int:
-    from leapalign.bench_report import plot, table
-    from leapalign.bench_run import BenchSpec, run_in_process, run_isolated, summarize
+    from leapalign.bench.report import plot, table
+    from leapalign.bench.runner import BenchSpec, run_in_process, run_isolated, summarize
 
     if min(args.steps) < 2 or args.iters < 1 or args.warmup < 0 or args.batch < 1:
         raise ValueError("need every --steps >= 2, --iters >= 1, --warmup >= 0 and --batch >= 1")
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     spec = BenchSpec(model=args.model, device=args.device, batch=args.batch, size=args.size,
                      compile_rollout=args.compile, warmup=args.warmup, iters=args.iters)
     if args.pairs is not None:
-        from leapalign.bench_pairs import pairs_gain, pairs_table
+        from leapalign.bench.pairs import pairs_gain, pairs_table
 
         doc = pairs_gain(spec, args.pairs or [1, 2, 4], steps=args.steps[0], iters=args.pairs_iters)
         text = pairs_table(doc)

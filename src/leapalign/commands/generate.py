@@ -6,7 +6,7 @@ import argparse
 import re
 from pathlib import Path
 
-from leapalign.commands.eval_ import add_model_arguments, load_model
+from leapalign.cli_model import add_model_arguments, load_model
 
 HELP = "write PNG images for prompts from a trained run or a base model, with fixed seeds"
 

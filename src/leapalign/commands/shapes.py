@@ -17,31 +17,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="shapes_command", metavar="ACTION", required=True)
     p = sub.add_parser("pretrain", help="pretrain the base flow model on rendered scenes")
     p.add_argument("--out", default="runs/shapes/flow", help="checkpoint path (writes .safetensors and .json)")
-    p.add_argument("--steps", type=int, default=12000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=256, help="scenes per step")
-    p.add_argument("--lr", type=float, default=5e-4, help="AdamW peak learning rate")
-    p.add_argument("--sigma-sampling", default="uniform", choices=("uniform", "logit_normal"),
-                   help="training sigma distribution")
-    p.add_argument("--init", default=None, help="continue from this flow checkpoint (a second training stage)")
-    p.add_argument("--dim", type=int, default=128, help="transformer width (a fresh model; --init keeps its own)")
-    p.add_argument("--depth", type=int, default=4, help="DiT blocks (a fresh model; --init keeps its own)")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    p.add_argument("--workers", type=int, default=0, help="processes rendering batches (0 = none)")
-    p.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    _loop_arguments(p, "flow", "e.g. steps=6600 batch_size=512 lr=5e-4 model.dim=192 workers=4 device=cuda")
     r = sub.add_parser("reward", help="train the contrastive reward model with hard negatives")
     r.add_argument("--out", default="runs/shapes/reward", help="checkpoint path (writes .safetensors and .json)")
-    r.add_argument("--steps", type=int, default=6000, help="optimizer steps")
-    r.add_argument("--batch-size", type=int, default=256, help="image-caption pairs per step")
-    r.add_argument("--lr", type=float, default=1e-3, help="AdamW peak learning rate")
-    r.add_argument("--robust-weight", type=float, default=1.0,
-                   help="weight of the clean-beats-corrupted ranking loss (0 = contrastive only)")
-    r.add_argument("--adversarial-train", type=float, default=0.0,
-                   help="max L-inf radius of adversarial training of the contrastive loss (0 = off)")
-    r.add_argument("--warmup", type=int, default=300, help="learning-rate warmup steps")
-    r.add_argument("--init", default=None, help="continue from this reward checkpoint")
-    r.add_argument("--seed", type=int, default=0, help="seed of every random draw")
-    r.add_argument("--workers", type=int, default=0, help="processes making batches (0 = none)")
-    r.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    _loop_arguments(r, "reward", "e.g. steps=2600 robust_weight=1 adversarial_train=0.1 device=cuda")
     e = sub.add_parser("eval", help="GenEval-like scores and reward of a flow model on the held-out captions")
     e.add_argument("--model", default=None, help="flow checkpoint (default: the shipped base model)")
     e.add_argument("--reward-model", default=None, help="reward checkpoint (default: the shipped one)")
@@ -52,6 +31,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     e.add_argument("--json", default=None, help="also write the scores to this JSON file")
 
 
+def _loop_arguments(parser: argparse.ArgumentParser, kind: str, example: str) -> None:
+    parser.add_argument("--init", default=None, help=f"continue from this {kind} checkpoint (a next training stage; "
+                                                     f"its network shape replaces model.*)")
+    parser.add_argument("--list-keys", action="store_true", help="list every setting with default and help, exit")
+    parser.add_argument("settings", nargs="*", metavar="KEY=VALUE",
+                        help=f"training settings, parsed as `leapalign train` overrides; {example}")
+
+
+def _loop_config(args: argparse.Namespace, cls: type, base: dict):
+    """The loop's config from KEY=VALUE settings (None after printing the keys for --list-keys)."""
+    from leapalign.config import describe, parse_overrides
+
+    if args.list_keys:
+        print("\n".join(describe(cls)))
+        return None
+    return parse_overrides(cls, args.settings, base)
+
+
 def _progress(start: float):
     def report(step: int, metrics: dict[str, float]) -> None:
         vals = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
@@ -59,9 +56,9 @@ def _progress(start: float):
     return report
 
 
-def _provenance(args: argparse.Namespace, start: float) -> dict:
-    return {"command": "leapalign " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "seed": args.seed,
-            "device": args.device, "torch": torch.__version__, "wall_seconds": round(time.time() - start, 1)}
+def _provenance(cfg, start: float) -> dict:
+    return {"command": "leapalign " + " ".join(shlex.quote(a) for a in sys.argv[1:]), "seed": cfg.seed,
+            "device": cfg.device, "torch": torch.__version__, "wall_seconds": round(time.time() - start, 1)}
 
 
 def _continue_from(args: argparse.Namespace, cfg, kind: str):
@@ -71,24 +68,23 @@ def _continue_from(args: argparse.Namespace, cfg, kind: str):
 
     if not args.init:
         return None, []
-    init = {"flow": load_flow_model, "reward": load_reward_model}[kind](args.init, args.device)
+    init = {"flow": load_flow_model, "reward": load_reward_model}[kind](args.init, cfg.device)
     cfg.model = init.cfg
     return init, [model_info(args.init, kind)]
 
 
 def _pretrain(args: argparse.Namespace) -> int:
     from leapalign.shapes.checkpoint import save_model
-    from leapalign.shapes.model import FlowModelConfig
     from leapalign.shapes.pretrain import FlowPretrainConfig, pretrain_flow
 
-    cfg = FlowPretrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                             device=args.device, save_every=500, sigma_sampling=args.sigma_sampling,
-                             workers=args.workers, model=FlowModelConfig(dim=args.dim, depth=args.depth))
+    cfg = _loop_config(args, FlowPretrainConfig, {"save_every": 500})
+    if cfg is None:
+        return 0
     init, history = _continue_from(args, cfg, "flow")
     start = time.time()
 
     def snapshot(step: int, model: torch.nn.Module) -> None:  # a long run killed midway still leaves a model
-        save_model(model, args.out, {**_provenance(args, start), "mix": list(cfg.mix), "steps": step,
+        save_model(model, args.out, {**_provenance(cfg, start), "mix": list(cfg.mix), "steps": step,
                                      "earlier_stages": history})
 
     model = pretrain_flow(cfg, _progress(start), snapshot, init)
@@ -101,16 +97,16 @@ def _reward(args: argparse.Namespace) -> int:
     from leapalign.shapes.checkpoint import save_model
     from leapalign.shapes.reward_train import RewardTrainConfig, reward_accuracy, reward_hackability, train_reward
 
-    cfg = RewardTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                            device=args.device, workers=args.workers, robust_weight=args.robust_weight,
-                            adversarial_train=args.adversarial_train, warmup=args.warmup)
+    cfg = _loop_config(args, RewardTrainConfig, {})
+    if cfg is None:
+        return 0
     init, history = _continue_from(args, cfg, "reward")
     start = time.time()
     model = train_reward(cfg, _progress(start), lambda step, m: save_model(
-        m, args.out, {**_provenance(args, start), "steps": step, "earlier_stages": history}), init)
-    info = _provenance(args, start)
-    info["hard_negative_accuracy"] = round(reward_accuracy(model, device=args.device), 4)
-    info["hackability"] = {k: round(v, 4) for k, v in reward_hackability(model, device=args.device).items()}
+        m, args.out, {**_provenance(cfg, start), "steps": step, "earlier_stages": history}), init)
+    info = _provenance(cfg, start)
+    info["hard_negative_accuracy"] = round(reward_accuracy(model, device=cfg.device), 4)
+    info["hackability"] = {k: round(v, 4) for k, v in reward_hackability(model, device=cfg.device).items()}
     save_model(model, args.out, {**info, "steps": cfg.steps, "earlier_stages": history})
     print(f"saved {args.out}.safetensors  (held-out hard-negative accuracy {info['hard_negative_accuracy']:.3f}, "
           f"hackability {info['hackability']})")

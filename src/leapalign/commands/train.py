@@ -13,20 +13,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="dotted overrides parsed as YAML, e.g. optim.lr=5e-6 method.args.alpha=0.1 resume=none")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    parser.add_argument("--list-keys", action="store_true", help="list every config key with default and help, exit")
+    parser.add_argument("--list-keys", action="store_true",
+                        help="list every config key with default and help, the chosen method's method.args.* "
+                             "included, and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (metrics are still logged)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from leapalign.config import describe, load_config
+    from leapalign.config import config_yaml, describe_train, load_config
 
-    if args.list_keys:
-        print("\n".join(describe()))
-        return 0
     cfg = load_config(args.config, args.overrides)
+    if args.list_keys:
+        print("\n".join(describe_train(cfg)))
+        return 0
     if args.print_config:
-        from leapalign.evaluate import config_yaml
-
         print(config_yaml(cfg), end="")
         return 0
     from leapalign.trainer import TrainingAborted, train

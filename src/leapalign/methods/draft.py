@@ -20,14 +20,14 @@ from torch.utils.checkpoint import checkpoint
 from leapalign.flow import add_noise, euler_step, integrate
 from leapalign.methods.common import (call_reward, call_velocity, check_hinge, check_schedule_batch, reward_loss,
                                       reward_metrics)
-from leapalign.types import LossOutput, RewardFn, VelocityFn
+from leapalign.types import LossOutput, RewardFn, VelocityFn, option
 
 
 @dataclass
 class DraftConfig:
-    k: int = 1                    # grad-enabled steps at the end of the trajectory (K = T: full backprop)
-    hinge: float | None = None    # hinge threshold on the reward; None -> loss = -r
-    checkpointing: bool = True    # recompute each step's activations in backward (memory ~ K boundaries)
+    k: int = option(1, "grad-enabled steps at the end of the trajectory (K = T: full backprop)")
+    hinge: float | None = option(None, "hinge threshold on the reward; None -> loss = -r")
+    checkpointing: bool = option(True, "recompute each step's activations in backward (memory ~ K boundaries)")
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -37,9 +37,9 @@ class DraftConfig:
 
 @dataclass
 class DraftLVConfig:
-    n_extra: int = 2              # extra re-noised samples of the last step (paper: n = 2)
-    hinge: float | None = None
-    checkpointing: bool = True
+    n_extra: int = option(2, "extra re-noised samples of the last step (paper: n = 2)")
+    hinge: float | None = option(None, "hinge threshold on the reward; None -> loss = -r")
+    checkpointing: bool = option(True, "recompute each grad-enabled step's activations in backward (less memory)")
 
     def __post_init__(self) -> None:
         if self.n_extra < 0:

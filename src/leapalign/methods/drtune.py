@@ -20,15 +20,15 @@ from torch.utils.checkpoint import checkpoint
 from leapalign.flow import euler_step, predict_x0
 from leapalign.methods.common import (call_reward, call_velocity, check_hinge, check_schedule_batch, draw_int,
                                       reward_loss, reward_metrics)
-from leapalign.types import LossOutput, RewardFn, VelocityFn
+from leapalign.types import LossOutput, RewardFn, VelocityFn, option
 
 
 @dataclass
 class DRTuneConfig:
-    k: int = 2                    # training steps that keep parameter gradients (paper: 2)
-    n_last: int = 11              # the early stop t_min is drawn from the last n_last steps
-    hinge: float | None = None
-    checkpointing: bool = True    # recompute the training steps' activations in backward
+    k: int = option(2, "training steps that keep parameter gradients (paper: 2)")
+    n_last: int = option(11, "the early stop t_min is drawn from the last n_last steps")
+    hinge: float | None = option(None, "hinge threshold on the reward; None -> loss = -r")
+    checkpointing: bool = option(True, "recompute the training steps' activations in backward")
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n_last < 1:

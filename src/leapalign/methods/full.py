@@ -13,14 +13,14 @@ import torch
 
 from leapalign.methods.common import check_hinge, check_schedule_batch, draw_int, reward_metrics
 from leapalign.methods.draft import truncated_backprop
-from leapalign.types import LossOutput, RewardFn, VelocityFn
+from leapalign.types import LossOutput, RewardFn, VelocityFn, option
 
 
 @dataclass
 class FullConfig:
-    truncate: bool = False        # randomized truncation: backprop through the last K ~ U[1, T] steps only
-    hinge: float | None = None
-    checkpointing: bool = True    # per-step gradient checkpointing (memory ~ T step boundaries, not T graphs)
+    truncate: bool = option(False, "randomized truncation: backprop through the last K ~ U[1, T] steps only")
+    hinge: float | None = option(None, "hinge threshold on the reward; None -> loss = -r")
+    checkpointing: bool = option(True, "per-step gradient checkpointing (memory ~ T step boundaries, not T graphs)")
 
     def __post_init__(self) -> None:
         check_hinge(self.hinge)

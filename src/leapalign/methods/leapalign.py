@@ -29,19 +29,19 @@ import torch
 from leapalign.flow import sample_trajectory
 from leapalign.methods.common import (call_reward, call_velocity, check_hinge, check_schedule_batch, discount,
                                       per_sample_mean_abs, reward_loss, reward_metrics, straight_through)
-from leapalign.types import LossOutput, RewardFn, Trajectory, VelocityFn
+from leapalign.types import LossOutput, RewardFn, Trajectory, VelocityFn, option
 
 
 @dataclass
 class LeapAlignConfig:
-    alpha: float = 0.3            # gradient discount of the nested term (paper: 0.3 HPSv2.1, 0.1 PickScore)
-    tau: float = 0.1              # floor of each trajectory distance in the similarity weight
-    hinge: float | None = None    # hinge threshold lam on the reward (paper: 0.55 HPSv2.1); None -> loss = -r
-    weighting: bool = True        # trajectory-similarity weight w; False -> w = 1
-    min_step: int = 0             # smallest allowed leap index (0 = the pure-noise step)
-    max_step: int | None = None   # largest allowed leap index (None -> T-1; never the final sample T)
-    pairs_per_rollout: int = 1    # leap pairs reusing one rollout (and, decoupled, one reward backward)
-    decoupled: bool = True        # reward gradient first, then the two leaps (same gradient, less memory)
+    alpha: float = option(0.3, "gradient discount of the nested term (paper: 0.3 HPSv2.1, 0.1 PickScore)")
+    tau: float = option(0.1, "floor of each trajectory distance in the similarity weight")
+    hinge: float | None = option(None, "hinge threshold lam on the reward (paper: 0.55 HPSv2.1); None -> loss = -r")
+    weighting: bool = option(True, "trajectory-similarity weight w; False -> w = 1")
+    min_step: int = option(0, "smallest allowed leap index (0 = the pure-noise step)")
+    max_step: int | None = option(None, "largest allowed leap index (None -> T-1; never the final sample T)")
+    pairs_per_rollout: int = option(1, "leap pairs reusing one rollout (and, decoupled, one reward backward)")
+    decoupled: bool = option(True, "reward gradient first, then the two leaps (same gradient, less memory)")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -166,7 +166,7 @@ def decoupled_objective(velocity: VelocityFn, traj: Trajectory, pairs: list[tupl
 def step(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, cond: Any, reward_fn: RewardFn,
          cfg: LeapAlignConfig, generator: torch.Generator,
          backward: Callable[[torch.Tensor], None] | None = None) -> LossOutput:
-    """One LeapAlign iteration: no-grad rollout, `pairs_per_rollout` leap pairs, loss (section 3 of SPEC)."""
+    """One LeapAlign iteration: no-grad rollout, `pairs_per_rollout` leap pairs, loss (steps 1-9 of the module docstring)."""
     num_steps = check_schedule_batch(noise, sigmas)
     traj = sample_trajectory(velocity, noise, sigmas, cond)
     pairs = [sample_pair(num_steps, generator, cfg.min_step, cfg.max_step) for _ in range(cfg.pairs_per_rollout)]

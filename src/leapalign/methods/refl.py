@@ -14,13 +14,13 @@ import torch
 from leapalign.flow import integrate, predict_x0
 from leapalign.methods.common import (call_reward, call_velocity, check_hinge, check_schedule_batch, draw_int,
                                       reward_loss, reward_metrics)
-from leapalign.types import LossOutput, RewardFn, VelocityFn
+from leapalign.types import LossOutput, RewardFn, VelocityFn, option
 
 
 @dataclass
 class ReFLConfig:
-    n_last: int = 11              # t is drawn from the last n_last of the T steps
-    hinge: float | None = None    # hinge threshold on the reward; None -> loss = -r
+    n_last: int = option(11, "t is drawn from the last n_last of the T steps")
+    hinge: float | None = option(None, "hinge threshold on the reward; None -> loss = -r")
 
     def __post_init__(self) -> None:
         if self.n_last < 1:

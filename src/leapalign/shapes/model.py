@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from leapalign.shapes.prompts import COLORS, NUMBERS, RELATIONS, SHAPES
+from leapalign.types import option
 
 # Fixed vocabulary: every word ShapesWorld's templates use. <null> is the empty caption (classifier-free
 # guidance); an unknown word is an error, never a silent <unk>.
@@ -42,9 +43,9 @@ def tokenize(prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass
 class TextEncoderConfig:
-    dim: int = 128  # token feature width
-    depth: int = 2  # transformer layers
-    heads: int = 4
+    dim: int = option(128, "token feature width")
+    depth: int = option(2, "transformer layers")
+    heads: int = option(4, "attention heads (dim must divide by it)")
 
 
 class TextEncoder(nn.Module):
@@ -68,17 +69,16 @@ class TextEncoder(nn.Module):
 
 @dataclass
 class FlowModelConfig:
-    image_size: int = 32  # canvas side in pixels the model was trained at
-    patch: int = 4  # patch side in pixels; tokens = (image_size / patch)^2
-    dim: int = 128  # transformer width
-    depth: int = 4  # DiT blocks
-    heads: int = 4
-    text: TextEncoderConfig = None  # type: ignore[assignment]  # filled in __post_init__
+    image_size: int = option(32, "canvas side in pixels the model was trained at")
+    patch: int = option(4, "patch side in pixels; tokens = (image_size / patch)^2")
+    dim: int = option(128, "transformer width")
+    depth: int = option(4, "DiT blocks")
+    heads: int = option(4, "attention heads (dim must divide by it)")
+    text: TextEncoderConfig = option(TextEncoderConfig(), "the caption encoder's shape")
 
     def __post_init__(self) -> None:
-        if isinstance(self.text, dict):
+        if isinstance(self.text, dict):  # from a checkpoint's JSON
             self.text = TextEncoderConfig(**self.text)
-        self.text = self.text or TextEncoderConfig()
         if self.image_size % self.patch:
             raise ValueError(f"image_size {self.image_size} must be divisible by patch {self.patch}")
         if self.dim % self.heads:

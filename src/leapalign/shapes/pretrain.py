@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from leapalign.shapes.batches import flow_stream
 from leapalign.shapes.model import FlowModelConfig, ShapesFlowModel
 from leapalign.shapes.prompts import CATEGORIES
+from leapalign.types import option
 
 Progress = Callable[[int, dict[str, float]], None]  # (step, metrics) -> None, called every log interval
 Snapshot = Callable[[int, torch.nn.Module], None]  # (step, model to save) -> None, called every save_every steps
@@ -29,17 +30,16 @@ class LoopConfig:
     """What both ShapesWorld training loops have: AdamW with warmup and cosine decay, seeding, batch workers,
     device and callback intervals. Subclasses set their own defaults for the schedule fields."""
 
-    steps: int = field(default=1000, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=256, metadata={"help": "scenes per step"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (linear warmup, cosine decay)"})
-    warmup: int = field(default=300, metadata={"help": "warmup steps"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    seed: int = field(default=0, metadata={"help": "seed of every random draw (init, batches, noise)"})
-    workers: int = field(default=0, metadata={
-        "help": "processes making batches (0 = in the training process); the batch sequence depends on it"})
-    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda"})
-    log_every: int = field(default=200, metadata={"help": "steps between progress callbacks"})
-    save_every: int = field(default=1000, metadata={"help": "steps between snapshot callbacks"})
+    steps: int = option(1000, "optimizer steps")
+    batch_size: int = option(256, "scenes per step")
+    lr: float = option(1e-3, "AdamW peak learning rate (linear warmup, cosine decay)")
+    warmup: int = option(300, "warmup steps")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    seed: int = option(0, "seed of every random draw (init, batches, noise)")
+    workers: int = option(0, "processes making batches (0 = in the training process); the batch sequence depends on it")
+    device: str = option("cpu", "torch device, e.g. cpu or cuda")
+    log_every: int = option(200, "steps between progress callbacks")
+    save_every: int = option(1000, "steps between snapshot callbacks")
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0 or self.workers < 0:
@@ -48,18 +48,19 @@ class LoopConfig:
 
 @dataclass
 class FlowPretrainConfig(LoopConfig):
-    steps: int = field(default=12000, metadata={"help": "optimizer steps"})
-    lr: float = field(default=5e-4, metadata={"help": "AdamW peak learning rate (linear warmup, cosine decay)"})
-    warmup: int = field(default=500, metadata={"help": "warmup steps"})
-    ema: float = field(default=0.999, metadata={"help": "EMA decay per step; the EMA weights are what ships"})
-    caption_dropout: float = field(default=0.1, metadata={
-        "help": "share of captions replaced by the empty caption, so classifier-free guidance is available"})
-    mix: tuple[float, ...] = field(default=(0.22, 0.22, 0.03, 0.30, 0.02, 0.21), metadata={
-        "help": "caption category weights in CATEGORIES order (single_object, two_object, counting, colors, "
-                "position, color_attr); spatial and counting captions are rare on purpose"})
-    sigma_sampling: str = field(default="uniform", metadata={
-        "help": "training sigma distribution: 'uniform' or 'logit_normal' (SD3's, centred on 0.5)"})
-    model: FlowModelConfig = field(default_factory=FlowModelConfig, metadata={"help": "network shape"})
+    steps: int = option(12000, "optimizer steps")
+    lr: float = option(5e-4, "AdamW peak learning rate (linear warmup, cosine decay)")
+    warmup: int = option(500, "warmup steps")
+    ema: float = option(0.999, "EMA decay per step; the EMA weights are what ships")
+    caption_dropout: float = option(0.1, "share of captions replaced by the empty caption, so classifier-free "
+                                         "guidance is available")
+    mix: tuple[float, ...] = option((0.22, 0.22, 0.03, 0.30, 0.02, 0.21),
+                                    "caption category weights in CATEGORIES order (single_object, two_object, "
+                                    "counting, colors, position, color_attr); spatial and counting captions are rare "
+                                    "on purpose")
+    sigma_sampling: str = option("uniform", "training sigma distribution: 'uniform' or 'logit_normal' (SD3's, centred "
+                                            "on 0.5)")
+    model: FlowModelConfig = option(FlowModelConfig(), "network shape")
 
     def __post_init__(self) -> None:
         if len(self.mix) != len(CATEGORIES) or min(self.mix) < 0 or sum(self.mix) <= 0:

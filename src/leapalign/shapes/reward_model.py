@@ -15,19 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from leapalign.shapes.model import TextEncoder, TextEncoderConfig, tokenize
+from leapalign.types import option
 
 
 @dataclass
 class RewardModelConfig:
-    image_size: int = 32  # canvas side in pixels; other sizes are resized (antialiased) before scoring
-    width: int = 32  # channels of the first conv stage; doubles at each of three stride-2 stages
-    embed_dim: int = 256  # joint embedding width
-    text: TextEncoderConfig = None  # type: ignore[assignment]
+    image_size: int = option(32, "canvas side in pixels; other sizes are resized (antialiased) before scoring")
+    width: int = option(32, "channels of the first conv stage; doubles at each of three stride-2 stages")
+    embed_dim: int = option(256, "joint embedding width")
+    text: TextEncoderConfig = option(TextEncoderConfig(), "the caption encoder's shape")
 
     def __post_init__(self) -> None:
-        if isinstance(self.text, dict):
+        if isinstance(self.text, dict):  # from a checkpoint's JSON
             self.text = TextEncoderConfig(**self.text)
-        self.text = self.text or TextEncoderConfig()
         if self.image_size % 8:
             raise ValueError(f"reward image_size must be divisible by 8, got {self.image_size}")
 

@@ -11,7 +11,7 @@ noise that raises the reward and wrecks the image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from leapalign.shapes.batches import reward_batch, reward_stream
 from leapalign.shapes.pretrain import LoopConfig, warmup_cosine
 from leapalign.shapes.reward_model import RewardModelConfig, ShapesRewardModel
+from leapalign.types import option
 
 Progress = Callable[[int, dict[str, float]], None]
 Snapshot = Callable[[int, torch.nn.Module], None]
@@ -27,25 +28,25 @@ Snapshot = Callable[[int, torch.nn.Module], None]
 
 @dataclass
 class RewardTrainConfig(LoopConfig):
-    steps: int = field(default=6000, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=256, metadata={"help": "image-caption pairs per step"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW peak learning rate (linear warmup, cosine decay)"})
-    warmup: int = field(default=300, metadata={"help": "warmup steps"})
-    hard_negatives: int = field(default=6, metadata={"help": "hard-negative captions per image"})
-    noise: float = field(default=0.08, metadata={
-        "help": "max std of Gaussian pixel noise added to renders (robustness to imperfect generated images)"})
-    blur_prob: float = field(default=0.3, metadata={"help": "share of renders blurred with a 3x3 binomial kernel"})
-    robust_weight: float = field(default=1.0, metadata={
-        "help": "weight of the clean-beats-corrupted ranking loss (0 = contrastive only, the hackable reward)"})
-    robust_eps: tuple[float, float] = field(default=(0.02, 0.3), metadata={
-        "help": "range of the per-image L-inf radius of adversarial and noise corruptions (pixels in [0, 1])"})
-    robust_steps: int = field(default=3, metadata={"help": "gradient-ascent steps of the adversarial corruption"})
-    robust_margin: float = field(default=0.1, metadata={"help": "score margin clean renders must keep"})
-    adversarial_train: float = field(default=0.0, metadata={
-        "help": "max L-inf radius of adversarial training: the contrastive loss sees images pushed (robust_steps "
-                "of descent) away from their own caption; 0 = off. Robust models have perceptually aligned "
-                "gradients, which is what a reward whose gradient trains a generator needs"})
-    model: RewardModelConfig = field(default_factory=RewardModelConfig, metadata={"help": "network shape"})
+    steps: int = option(6000, "optimizer steps")
+    batch_size: int = option(256, "image-caption pairs per step")
+    lr: float = option(1e-3, "AdamW peak learning rate (linear warmup, cosine decay)")
+    warmup: int = option(300, "warmup steps")
+    hard_negatives: int = option(6, "hard-negative captions per image")
+    noise: float = option(0.08, "max std of Gaussian pixel noise added to renders (robustness to imperfect generated "
+                                "images)")
+    blur_prob: float = option(0.3, "share of renders blurred with a 3x3 binomial kernel")
+    robust_weight: float = option(1.0, "weight of the clean-beats-corrupted ranking loss (0 = contrastive only, the "
+                                       "hackable reward)")
+    robust_eps: tuple[float, float] = option((0.02, 0.3), "range of the per-image L-inf radius of adversarial and "
+                                                          "noise corruptions (pixels in [0, 1])")
+    robust_steps: int = option(3, "gradient-ascent steps of the adversarial corruption")
+    robust_margin: float = option(0.1, "score margin clean renders must keep")
+    adversarial_train: float = option(0.0, "max L-inf radius of adversarial training: the contrastive loss sees "
+                                           "images pushed (robust_steps of descent) away from their own caption; "
+                                           "0 = off. Robust models have perceptually aligned gradients, which is what a reward whose gradient trains a generator "
+                                           "needs")
+    model: RewardModelConfig = option(RewardModelConfig(), "network shape")
 
     def __post_init__(self) -> None:
         super().__post_init__()

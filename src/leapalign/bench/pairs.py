@@ -12,7 +12,7 @@ from dataclasses import asdict
 
 import torch
 
-from leapalign.bench import SplitVelocity
+from leapalign.bench.measure import SplitVelocity
 from leapalign.flow import sample_trajectory
 from leapalign.methods.leapalign import LeapAlignConfig, step
 

@@ -1,7 +1,7 @@
 """Running a benchmark grid: in one process (GPU: peaks are reset per case) or one fresh process per case (CPU:
 peak RSS never comes down, so each case needs its own process). Also the JSON document and its summary.
 
-A child process is `python -m leapalign.bench_run` reading {"spec": ..., "case": ...} on stdin and printing one
+A child process is `python -m leapalign.bench.runner` reading {"spec": ..., "case": ...} on stdin and printing one
 JSON row on its last stdout line.
 """
 
@@ -16,20 +16,22 @@ from typing import Callable
 
 import torch
 
-from leapalign.bench import Case, measure_case, measure_floor, matmul_peak_tflops, rollout_flops
-from leapalign.bench_models import build_workload
+from leapalign.bench.measure import Case, measure_case, measure_floor, matmul_peak_tflops, rollout_flops
+from leapalign.bench.workloads import build_workload
+from leapalign.types import option
 
 
 @dataclass
 class BenchSpec:
-    model: str = "shapes"          # shapes | flux-random | flux-tiny
-    device: str = "cpu"
-    batch: int = 8                 # prompts per iteration (flux: always 1)
-    size: int | None = None        # image side in pixels (None: the model's default; flux-random 512)
-    compile_rollout: bool = False  # torch.compile the no-grad rollout path
-    warmup: int = 2                # untimed iterations per case
-    iters: int = 3                 # timed iterations per case (the median is reported)
-    cudnn_sdp: bool = False        # cuDNN SDPA backend (off: SPEC section 10's gradient hazard)
+    model: str = option("shapes", "shapes | flux-random | flux-tiny")
+    device: str = option("cpu", "torch device: cpu or cuda")
+    batch: int = option(8, "prompts per iteration (flux: always 1)")
+    size: int | None = option(None, "image side in pixels (None: the model's default; flux-random 512)")
+    compile_rollout: bool = option(False, "torch.compile the no-grad rollout path")
+    warmup: int = option(2, "untimed iterations per case")
+    iters: int = option(3, "timed iterations per case (the median is reported)")
+    cudnn_sdp: bool = option(False, "cuDNN SDPA backend (off: on CUDA it gave NaN LoRA gradients in a "
+                                    "FLUX-sized model, docs/models.md)")
 
     def build(self):
         if self.device.startswith("cuda"):
@@ -85,7 +87,7 @@ def run_isolated(spec: BenchSpec, cases: list[Case], floor_steps: list[int],
     doc = new_document(spec, wl.info)
     for case in cases:
         payload = json.dumps({"spec": asdict(spec), "case": asdict(case)})
-        proc = subprocess.run([sys.executable, "-m", "leapalign.bench_run"], input=payload, capture_output=True,
+        proc = subprocess.run([sys.executable, "-m", "leapalign.bench.runner"], input=payload, capture_output=True,
                               text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"bench case {case.label} T={case.steps} failed:\n{proc.stderr[-3000:]}")

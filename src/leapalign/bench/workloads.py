@@ -16,7 +16,7 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from leapalign.bench import Workload
+from leapalign.bench.measure import Workload
 
 # black-forest-labs/FLUX.1-dev transformer/config.json and vae/config.json
 FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,

@@ -12,27 +12,28 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from leapalign.methods import get_method
+from leapalign.types import option
 
 
 @dataclass
 class DemoConfig:
-    methods: list = field(default_factory=lambda: ["leapalign", "refl", "draft_lv", "drtune"])  # compared methods
-    seeds: list = field(default_factory=lambda: [0, 1, 2])  # training seed = evaluation noise seed, per run
-    iterations: int = 80          # optimizer steps per method and seed (equal budget)
-    batch_size: int = 8           # prompts per iteration
-    num_steps: int = 10           # Euler steps T of every training rollout (equal for all methods)
-    eval_steps: int = 10          # Euler steps for evaluation sampling
-    guidance: float = 3.0         # classifier-free guidance of every rollout, training and evaluation (1 = none)
-    eval_per_category: int = 8    # held-out captions per GenEval category (at most; 6 categories)
-    eval_repeats: int = 4         # noise samples per held-out caption (the held-out split has few captions)
-    lr: float = 1e-5              # AdamW learning rate (3e-5 and up: the reward is hacked with patch noise)
-    alpha: float = 0.3            # LeapAlign's nested-term discount
-    ema_decay: float = 0.0        # EMA of the weights used for evaluation (0 = final weights)
-    grid_prompts: int = 12        # captions shown in the same-noise sample grids
+    methods: list = option(["leapalign", "refl", "draft_lv", "drtune"], "compared methods")
+    seeds: list = option([0, 1, 2], "training seed = evaluation noise seed, per run")
+    iterations: int = option(80, "optimizer steps per method and seed (equal budget)")
+    batch_size: int = option(8, "prompts per iteration")
+    num_steps: int = option(10, "Euler steps T of every training rollout (equal for all methods)")
+    eval_steps: int = option(10, "Euler steps for evaluation sampling")
+    guidance: float = option(3.0, "classifier-free guidance of every rollout, training and evaluation (1 = none)")
+    eval_per_category: int = option(8, "held-out captions per GenEval category (at most; 6 categories)")
+    eval_repeats: int = option(4, "noise samples per held-out caption (the held-out split has few captions)")
+    lr: float = option(1e-5, "AdamW learning rate (3e-5 and up: the reward is hacked with patch noise)")
+    alpha: float = option(0.3, "LeapAlign's nested-term discount")
+    ema_decay: float = option(0.0, "EMA of the weights used for evaluation (0 = final weights)")
+    grid_prompts: int = option(12, "captions shown in the same-noise sample grids")
 
     def __post_init__(self) -> None:
         for name in self.methods:
@@ -89,8 +90,9 @@ def _summary(runs: list[dict]) -> dict:
 def run_demo(cfg: DemoConfig, out: str | Path) -> dict:
     """Train every method for every seed, evaluate, write out/report.json, report.md, plots and grids."""
     from leapalign.adapters import load_adapter
-    from leapalign.demo_report import write_report
-    from leapalign.evaluate import evaluate_adapter, load_trained
+    from leapalign.demo.report import write_report
+    from leapalign.evaluate import evaluate_adapter
+    from leapalign.models import load_trained
     from leapalign.rewards import load_reward
     from leapalign.shapes.evaluator import layout_changed
     from leapalign.shapes.prompts import heldout_prompts

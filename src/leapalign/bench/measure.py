@@ -1,4 +1,4 @@
-"""Memory and time per reward-gradient method (SPEC section 9): the measuring core of `leapalign bench`.
+"""Memory and time per reward-gradient method: the measuring core of `leapalign bench`.
 
 One *case* is a method with its config at T sampling steps. Measuring a case runs whole iterations, exactly as
 the trainer does (METHODS[name].step, then backward unless the method did it itself), without the optimizer

@@ -1,7 +1,7 @@
 """A tiny random FlowAdapter and rewards for trainer/CLI tests (offline, CPU, milliseconds per call).
 
 Loaded through the registries' "package.module:attr" paths (tests/ is on sys.path under pytest, and the
-2-process test puts it on PYTHONPATH): adapter "toy:ToyAdapter", rewards "toy:toy_reward" / "toy:nan_reward".
+2-process test puts it on PYTHONPATH): adapter "helpers.toy:ToyAdapter", rewards "helpers.toy:toy_reward" / "helpers.toy:nan_reward".
 """
 
 from __future__ import annotations
@@ -113,8 +113,8 @@ def toy_config(tmp_path, **overrides):
     data = {
         "output_dir": str(tmp_path / "run"), "iterations": 4, "batch_size": 2, "ema_decay": 0.9,
         "save_every": 0, "logger": "none", "resume": "none",
-        "model": {"adapter": "toy:ToyAdapter", "height": 4, "width": 4, "num_steps": 4},
-        "reward": {"name": "toy:toy_reward"},
+        "model": {"adapter": "helpers.toy:ToyAdapter", "height": 4, "width": 4, "num_steps": 4},
+        "reward": {"name": "helpers.toy:toy_reward"},
         "method": {"name": "leapalign", "args": {"alpha": 0.3}},
         "optim": {"lr": 1e-2, "weight_decay": 0.0},
         "data": {"prompts": str(prompts)},
