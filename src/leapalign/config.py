@@ -54,7 +54,7 @@ class RewardConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = _f("leapalign", "training method: leapalign, refl, draft, draft_lv, drtune, full")
+    name: str = _f("leapalign", "training method: leapalign, refl, draft, draft_lv, drtune, full, flow_grpo, mix_grpo")
     args: dict = _f({}, "the method's hyperparameters (fields of its config dataclass, e.g. alpha, tau, hinge)")
 
 

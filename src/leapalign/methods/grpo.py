@@ -143,7 +143,7 @@ def grpo_loss(velocity: VelocityFn, rollout: SDETrajectory, steps: list[int], ad
                                                 cfg.noise_level, cfg.diffusion)
             kl = _reduce(((mean - mean_ref) ** 2).flatten(1).sum(1), numel, cfg.reduce) / (2 * std ** 2)  # (B,)
             term = term + cfg.kl_beta * kl.mean()
-            stats["kl"] += float(kl.mean()) / len(steps)
+            stats["kl"] += float(kl.detach().mean()) / len(steps)
         term = term / len(steps)
         if backward is not None:
             backward(term)
