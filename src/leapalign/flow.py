@@ -157,7 +157,7 @@ def inference_rollout(velocity: VelocityFn) -> VelocityFn:
     return wrapped
 
 
-# ---- the marginal-preserving SDE of the policy-gradient family (Flow-GRPO, Liu et al. 2025, Sec. 4.1) ----
+# ---- the marginal-preserving SDE of the policy-gradient family (Flow-GRPO, Liu et al. 2025) ----
 #
 # The probability-flow ODE dx = v ds has the same marginals as the reverse SDE
 #     dx = [v - (g^2 / 2) score] ds + g dw,   score(x, s) = -eps_hat / s,   eps_hat = x + (1 - s) v

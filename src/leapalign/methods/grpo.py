@@ -4,10 +4,10 @@ Policy gradient on the SDE form of the sampler (see flow.sde_step_mean_std): eac
 pi(x_{i+1} | x_i) = N(mean_theta(x_i), std_i^2 I) whose log-density is closed form. Per micro-batch of B prompts,
 G samples each (B*G latents, prompt b's group in rows [b*G, (b+1)*G)):
 
-    rollout     x_0 ... x_T under no_grad, SDE on the SDE steps, old log-probs recorded       (Flow-GRPO Eq. 9)
-    advantage   A = clip((r - mean_group(r)) / (std(r) + 1e-4), +-adv_clip), std per group or global  (Eq. 4)
+    rollout     x_0 ... x_T under no_grad, SDE on the SDE steps, old log-probs recorded
+    advantage   A = clip((r - mean_group(r)) / (std(r) + 1e-4), +-adv_clip), std per group or global
     ratio       rho_i = exp(log pi_theta(x_{i+1} | x_i) - log pi_old(x_{i+1} | x_i))
-    policy      L_i = mean_b max(-A rho_i, -A clip(rho_i, 1 - eps, 1 + eps))                         (Eq. 5)
+    policy      L_i = mean_b max(-A rho_i, -A clip(rho_i, 1 - eps, 1 + eps))       (PPO's clipped surrogate)
     KL          D_i = mean_b ||mean_theta - mean_ref||^2 / (2 std_i^2)   (equal-std Gaussians, closed form)
     loss        mean over the trained steps i of L_i + beta D_i
 
@@ -153,7 +153,7 @@ def grpo_loss(velocity: VelocityFn, rollout: SDETrajectory, steps: list[int], ad
             stats["ratio"] += float(ratio.mean()) / len(steps)
             stats["clip_frac"] += float(((ratio - 1).abs() > cfg.clip_range).float().mean()) / len(steps)
             stats["approx_kl"] += float(0.5 * ((log_prob - old) ** 2).mean()) / len(steps)
-            stats["policy_loss"] += float(policy) / len(steps)
+            stats["policy_loss"] += float(policy.detach()) / len(steps)
     return total, stats
 
 
