@@ -136,8 +136,11 @@ def test_drtune_training_steps_equally_spaced():
 @pytest.mark.parametrize("name", list(METHODS))
 def test_every_method_is_deterministic_and_reaches_parameters(name):
     model, noise, cond, reward, sig = setup()
-    outs = [METHODS[name].step(model, noise, sig, cond, reward, METHODS[name].config(),
-                               torch.Generator().manual_seed(11)) for _ in range(2)]
+    cfg = METHODS[name].config()
+    if METHODS[name].samples_per_prompt(cfg) > 1:
+        cfg = METHODS[name].config(group_size=B)  # the policy-gradient family: one prompt's group fills the batch
+    outs = [METHODS[name].step(model, noise, sig, cond, reward, cfg, torch.Generator().manual_seed(11))
+            for _ in range(2)]
     assert torch.equal(outs[0].loss.detach(), outs[1].loss.detach())
     g0, g1 = grads(model, outs[0].loss), grads(model, outs[1].loss)
     assert all(torch.equal(a, b) for a, b in zip(g0, g1))
@@ -157,7 +160,7 @@ def test_hinge_zeroes_the_gradient_of_satisfied_samples():
 
 
 def test_registry_and_config_errors():
-    assert set(METHODS) == {"leapalign", "refl", "draft", "draft_lv", "drtune", "full"}
+    assert set(METHODS) == {"leapalign", "refl", "draft", "draft_lv", "drtune", "full", "flow_grpo", "mix_grpo"}
     with pytest.raises(ValueError, match="leapalign, refl"):
         get_method("leap")
     for name, bad in [("refl", {"n_last": 0}), ("draft", {"k": 0}), ("draft_lv", {"n_extra": -1}),

@@ -50,7 +50,8 @@ class RewardConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = option("leapalign", "training method: leapalign, refl, draft, draft_lv, drtune, full")
+    name: str = option("leapalign", "training method: leapalign, refl, draft, draft_lv, drtune, full, flow_grpo, "
+                                    "mix_grpo")
     args: dict = option({}, "the method's hyperparameters (fields of its config dataclass, e.g. alpha, tau, hinge)")
 
 

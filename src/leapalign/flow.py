@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from leapalign.types import Trajectory, VelocityFn
+from leapalign.types import SDETrajectory, Trajectory, VelocityFn
 
 
 def static_shift(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
@@ -155,3 +155,137 @@ def inference_rollout(velocity: VelocityFn) -> VelocityFn:
         return v.clone()
 
     return wrapped
+
+
+# ---- the marginal-preserving SDE of the policy-gradient family (Flow-GRPO, Liu et al. 2025) ----
+#
+# The probability-flow ODE dx = v ds has the same marginals as the reverse SDE
+#     dx = [v - (g^2 / 2) score] ds + g dw,   score(x, s) = -eps_hat / s,   eps_hat = x + (1 - s) v
+# (eps_hat is the noise estimate: x_s = (1 - s) x0 + s eps and v = eps - x0 give eps = x + (1 - s) v). One
+# Euler-Maruyama step s -> s' < s is therefore Gaussian with
+#     mean = x + (s' - s) [v + (g^2 / (2 s)) eps_hat],   std = g sqrt(s - s').
+
+SDE_DIFFUSIONS = ("flow_grpo", "constant")
+
+
+def sde_diffusion(s: float | torch.Tensor, s_next: float | torch.Tensor, noise_level: float,
+                  diffusion: str = "flow_grpo") -> torch.Tensor:
+    """g_s = a sqrt(s / (1 - s)) (Flow-GRPO) or g_s = a (DanceGRPO's constant eta).
+
+    Flow-GRPO's g diverges at s = 1; there s is replaced by s_next inside g only (Flow-GRPO does the same with
+    sigmas[1], which is s_next on the first step), so a schedule that starts at pure noise stays usable.
+    """
+    s = s if isinstance(s, torch.Tensor) else torch.tensor(s, dtype=torch.float64)
+    s_next = s_next if isinstance(s_next, torch.Tensor) else torch.tensor(s_next, dtype=s.dtype)
+    if diffusion == "constant":
+        return torch.full_like(s, noise_level)
+    if diffusion != "flow_grpo":
+        raise ValueError(f"unknown diffusion {diffusion!r}; choose one of: {', '.join(SDE_DIFFUSIONS)}")
+    s_g = torch.where(s >= 1, s_next, s)
+    return noise_level * torch.sqrt(s / (1 - s_g))
+
+
+def sde_step_mean_std(x: torch.Tensor, v: torch.Tensor, s: float | torch.Tensor, s_next: float | torch.Tensor,
+                      noise_level: float, diffusion: str = "flow_grpo") -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (B, ...) and std (0-d) of the Gaussian step x_{s'} | x_s, computed in at least float32.
+
+    The final step to s' = 0 is deterministic: std = 0 and the mean is the plain Euler step (the SDE drift's
+    eps_hat / s term would add noise-estimate error for nothing: no noise is injected to compensate).
+    Flow-GRPO computes in float32 because the drift overflows in bf16.
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    x, v = x.to(dtype), v.to(dtype)
+    s = torch.as_tensor(s, dtype=dtype, device=x.device)
+    s_next = torch.as_tensor(s_next, dtype=dtype, device=x.device)
+    if float(s_next) == 0.0:
+        return euler_step(x, v, s, s_next), torch.zeros((), dtype=dtype, device=x.device)
+    g = sde_diffusion(s, s_next, noise_level, diffusion).to(device=x.device, dtype=dtype)
+    eps_hat = x + (1 - s) * v  # (B, ...)
+    mean = x + (s_next - s) * (v + (g ** 2 / (2 * s)) * eps_hat)
+    return mean, g * torch.sqrt(s - s_next)
+
+
+def gaussian_log_prob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log N(x_next; mean, std^2 I) summed over the non-batch dims -> (B,). std: 0-d or broadcastable, > 0."""
+    x_next = x_next.to(mean.dtype)
+    std = torch.as_tensor(std, dtype=mean.dtype, device=mean.device)
+    lp = -((x_next - mean) ** 2) / (2 * std ** 2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    return lp.expand_as(mean).flatten(1).sum(1)
+
+
+def step_mask(sde_steps: torch.Tensor | list[int] | range, num_steps: int) -> torch.Tensor:
+    """A (T,) bool mask from a mask or an index set; the final step (to sigma = 0) must stay deterministic."""
+    if isinstance(sde_steps, torch.Tensor) and sde_steps.dtype == torch.bool:
+        mask = sde_steps.cpu()
+        if mask.shape != (num_steps,):
+            raise ValueError(f"an sde_steps mask must have shape (T,) = ({num_steps},), got {tuple(mask.shape)}")
+    else:
+        idx = [int(i) for i in sde_steps]
+        if any(not 0 <= i < num_steps for i in idx):
+            raise ValueError(f"sde_steps indices must lie in [0, T-2 = {num_steps - 2}], got {idx}")
+        mask = torch.zeros(num_steps, dtype=torch.bool)
+        mask[idx] = True
+    if bool(mask[-1]):
+        raise ValueError(f"step T-1 = {num_steps - 1} ends at sigma = 0 and is deterministic; keep sde_steps in "
+                         f"[0, T-2 = {num_steps - 2}]")
+    return mask
+
+
+def sample_sde_trajectory(
+    velocity: VelocityFn,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    cond: Any,
+    noise_level: float,
+    sde_steps: torch.Tensor | list[int] | range,
+    generator: torch.Generator,
+    diffusion: str = "flow_grpo",
+) -> SDETrajectory:
+    """Roll out from `noise` (B, ...) without gradient: SDE on `sde_steps`, Euler elsewhere (MixGRPO's window).
+
+    Step noise is drawn from `generator` (on the CPU, then moved: identical streams on every device) only on SDE
+    steps. Each recorded log-prob is that of the latent as stored (cast to the latents' dtype), so a later
+    grad-enabled recomputation at the same parameters gives exactly the same value (ratio 1 on-policy).
+    """
+    check_schedule(sigmas)
+    num_steps = sigmas.shape[0] - 1
+    mask = step_mask(sde_steps, num_steps)
+    sig = sigmas.to(device=noise.device)
+    steps, log_probs = [noise], torch.zeros(num_steps, noise.shape[0], dtype=torch.float64, device=noise.device)
+    with torch.no_grad():
+        for i in range(num_steps):
+            x = steps[-1]
+            if not bool(mask[i]):
+                steps.append(_euler(velocity, x, sig, i, cond))
+                continue
+            v = velocity(x, sig[i].expand(x.shape[0]).to(x.dtype), cond)
+            mean, std = sde_step_mean_std(x, v, sig[i], sig[i + 1], noise_level, diffusion)
+            z = torch.randn(x.shape, generator=generator, dtype=mean.dtype).to(x.device)
+            x_next = (mean + std * z).to(x.dtype)
+            log_probs[i] = gaussian_log_prob(x_next, mean, std).to(torch.float64)
+            steps.append(x_next)
+        latents = torch.stack(steps)  # (T+1, B, ...)
+    return SDETrajectory(Trajectory(latents, sig), mask, log_probs)
+
+
+def resample_schedule(sigmas: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """A `num_steps`-step schedule over the same sigma range: sigmas[:T] linearly interpolated in the step index.
+
+    Keeps the first and the last non-zero sigma and the schedule's shape (exact for linear grids; for shifted
+    ones the points lie on the piecewise-linear interpolant of the shifted curve), then appends 0. The native
+    schedule of an adapter (e.g. Flux's num_steps-step grid ending at a shifted 1/num_steps) differs slightly
+    at the low end; pass that schedule directly when it matters.
+    """
+    check_schedule(sigmas)
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    body = sigmas[:-1].to(torch.float64)  # (T,) the non-zero sigmas
+    if num_steps == 1:
+        new = body[:1]
+    elif body.numel() == 1:
+        raise ValueError("a 1-step schedule has no range to resample to more steps; build the schedule directly")
+    else:
+        pos = torch.linspace(0, body.numel() - 1, num_steps, dtype=torch.float64)
+        lo = pos.floor().long().clamp(max=body.numel() - 2)
+        new = body[lo] + (pos - lo) * (body[lo + 1] - body[lo])
+    return torch.cat([new, new.new_zeros(1)]).to(sigmas.dtype)

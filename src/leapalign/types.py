@@ -78,3 +78,26 @@ class LossOutput:
     # True when the method already ran backward on its parts itself (memory: one graph alive at a time);
     # loss is then detached and only reported.
     backward_done: bool = False
+
+
+@dataclass
+class SDETrajectory:
+    """A rollout of the GRPO family: Euler-Maruyama on the SDE steps, Euler elsewhere (recorded without gradient).
+
+    traj:      the latents (T+1, B, ...) and sigmas (T+1,).
+    sde_steps: (T,) bool, True where step i (sigmas[i] -> sigmas[i+1]) was stochastic.
+    log_probs: (T, B) log-density of each recorded transition x_{i+1} | x_i (summed over latent elements);
+               0 on the deterministic (ODE) steps, which carry no density.
+    """
+
+    traj: Trajectory
+    sde_steps: torch.Tensor
+    log_probs: torch.Tensor
+
+    def __post_init__(self) -> None:
+        steps, batch = self.traj.num_steps, self.traj.batch_size
+        if self.sde_steps.shape != (steps,) or self.sde_steps.dtype != torch.bool:
+            raise ValueError(f"sde_steps must be a (T,) = ({steps},) bool mask, got {tuple(self.sde_steps.shape)} "
+                             f"{self.sde_steps.dtype}")
+        if self.log_probs.shape != (steps, batch):
+            raise ValueError(f"log_probs must be (T, B) = ({steps}, {batch}), got {tuple(self.log_probs.shape)}")

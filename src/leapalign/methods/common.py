@@ -81,10 +81,28 @@ class MethodStep(Protocol):
                  backward: Callable[[torch.Tensor], None] | None = None) -> LossOutput: ...
 
 
+def one_sample_per_prompt(cfg: Any) -> int:
+    return 1
+
+
+def no_reference(cfg: Any) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Method:
-    """A registry entry: the hyperparameter dataclass and the step that turns one batch into a LossOutput."""
+    """A registry entry: the hyperparameter dataclass and the step that turns one batch into a LossOutput.
+
+    samples_per_prompt(cfg): G; the trainer repeats each prompt of a micro-batch G times in contiguous blocks and
+        passes (B*G, ...) independent noise (the GRPO family compares the G samples of a prompt).
+    needs_reference(cfg): whether step takes `reference=` (the frozen base velocity); a function of the config
+        so that a KL weight of 0 costs no frozen model copy.
+    uses_iteration: whether step takes `iteration=` (the global training iteration; MixGRPO's window position).
+    """
 
     name: str
     config: type
     step: MethodStep
+    samples_per_prompt: Callable[[Any], int] = one_sample_per_prompt
+    needs_reference: Callable[[Any], bool] = no_reference
+    uses_iteration: bool = False
