@@ -209,7 +209,8 @@ def test_same_class_position():
 
 def test_distinct_changes_nothing_for_different_classes():
     objs = [det("dog", color="red"), det("cat", color="blue", box=(50, 0, 60, 10))]
-    attr = meta("color_attr", [{"class": "dog", "count": 1, "color": "red"}, {"class": "cat", "count": 1, "color": "red"}])
+    attr = meta("color_attr", [{"class": "dog", "count": 1, "color": "red"},
+                               {"class": "cat", "count": 1, "color": "red"}])
     for m in (TWO, position("left of"), attr):
         assert evaluate_image(objs, m) == evaluate_image(objs, m, distinct_objects=False)
 

@@ -12,7 +12,8 @@ from leapalign.geneval.prompts import parse_prompt
 from leapalign.rewards import load_reward
 from leapalign.rewards.detector import DetectorReward, phrases_of
 
-PROMPTS = ["a photo of a red circle and a blue square", "a photo of two circles", "a photo of a circle left of a square"]
+PROMPTS = ["a photo of a red circle and a blue square", "a photo of two circles",
+           "a photo of a circle left of a square"]
 
 
 def save_tiny_owlv2(folder, seed: int = 0) -> None:
@@ -23,7 +24,8 @@ def save_tiny_owlv2(folder, seed: int = 0) -> None:
                 pad_token_id=0)
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32,
                   patch_size=8)
-    Owlv2ForObjectDetection(Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)).save_pretrained(folder)
+    config = Owlv2Config(text_config=text, vision_config=vision, projection_dim=32)
+    Owlv2ForObjectDetection(config).save_pretrained(folder)
     tok.save_pretrained(folder)
 
 
@@ -88,3 +90,14 @@ def test_unparseable_prompt_and_bad_path(reward, tmp_path):
     with pytest.raises(FileNotFoundError, match="owlv2") as err:
         DetectorReward.from_pretrained(str(tmp_path))
     assert "\n" not in str(err.value)
+
+
+def test_usable_in_a_composite(tmp_path):
+    from leapalign.rewards.composite import CompositeReward, CompositeTerm
+
+    save_tiny_owlv2(tmp_path)
+    composite = CompositeReward.from_terms([CompositeTerm("detector", weight=2.0, path=str(tmp_path))])
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    r = composite(x, PROMPTS[:2])
+    r.sum().backward()
+    assert r.shape == (2,) and x.grad.abs().sum() > 0

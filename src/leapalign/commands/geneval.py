@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--metadata", help="GenEval evaluation_metadata.jsonl (default: the packaged official one)")
     parser.add_argument("--detector", required=True, metavar="DIR",
-                        help="transformers Mask2Former COCO-instance folder (facebook/mask2former-swin-small-coco-instance)")
+                        help="transformers Mask2Former COCO-instance folder "
+                        "(facebook/mask2former-swin-small-coco-instance)")
     parser.add_argument("--clip", required=True, metavar="DIR",
                         help="transformers CLIP folder for colours (openai/clip-vit-large-patch14, GenEval's ViT-L-14)")
     parser.add_argument("--out", required=True, help="output folder: images/NNNNN/samples/NNNN.png, results.jsonl, "

@@ -103,7 +103,8 @@ class GenEvalDetector:
             return []
         crops = []
         for det in detections:
-            x = image if det.mask is None else torch.where(det.mask.to(image.device), image, torch.full_like(image, GREY))
+            grey = torch.full_like(image, GREY)
+            x = image if det.mask is None else torch.where(det.mask.to(image.device), image, grey)
             x0, y0, x1, y1 = (int(round(v)) for v in det.box)
             crop = x[:, y0:max(y1, y0 + 1), x0:max(x1, x0 + 1)]
             crops.append(clip_preprocess(crop[None], self.clip.image_size, dtype=self.clip.dtype))

@@ -58,7 +58,7 @@ def load_metadata(path: str | Path | None = None) -> list[dict]:
                 if not isinstance(req["class"], str) or int(req["count"]) < 1:
                     raise ValueError
         except (ValueError, KeyError, TypeError):
-            raise ValueError(f"{path}:{number}: not a GenEval metadata row (tag, include, prompt): {line[:80]}") from None
+            raise ValueError(f"{path}:{number}: not a GenEval metadata row: {line[:60]}") from None
         rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no GenEval metadata rows")

@@ -30,7 +30,8 @@ from leapalign.rewards.files import find_file, load_state_dict, require_keys
 from leapalign.rewards.preprocess import CLIP_MEAN, CLIP_STD, normalize
 
 REPO = "google/owlv2-base-patch16-ensemble"
-OWL_KEYS = ["owlv2.vision_model.embeddings.patch_embedding.weight", "class_head.dense0.weight", "box_head.dense0.weight"]
+OWL_KEYS = ["owlv2.vision_model.embeddings.patch_embedding.weight", "class_head.dense0.weight",
+            "box_head.dense0.weight"]
 
 
 class DetectorReward(FrozenReward):
