@@ -38,8 +38,9 @@ def sample_noise(adapter, n: int, *, seed: int, height: int, width: int, start: 
 
 @torch.no_grad()
 def sample_images(adapter, prompts: list[str], *, seed: int = 0, num_steps: int = 25, height: int, width: int,
-                  batch_size: int = 8) -> SampleResult:
-    """Sample one image per prompt with fixed per-index noise (see module doc); returns images and final latents."""
+                  batch_size: int = 8, start: int = 0) -> SampleResult:
+    """Sample one image per prompt with fixed per-index noise (see module doc); returns images and final latents.
+    start: index of the first prompt in a longer list, so a slice gets the noise the whole list would give it."""
     if not prompts:
         raise ValueError("sample_images needs at least one prompt")
     sigmas = adapter.sigmas(num_steps, height, width)
@@ -47,7 +48,8 @@ def sample_images(adapter, prompts: list[str], *, seed: int = 0, num_steps: int 
     images, latents = [], []
     for first in range(0, len(prompts), batch_size):
         chunk = prompts[first:first + batch_size]
-        noise = sample_noise(adapter, len(chunk), seed=seed, height=height, width=width, start=first).to(device)
+        noise = sample_noise(adapter, len(chunk), seed=seed, height=height, width=width,
+                             start=start + first).to(device)
         traj = sample_trajectory(adapter.velocity, noise, sigmas, adapter.encode_prompts(chunk))
         latents.append(traj.sample.float().cpu())
         images.append(adapter.decode(traj.sample).float().clamp(0, 1).cpu())
