@@ -80,7 +80,7 @@ def test_import_graph_has_no_cycle():
 
 # Layers, lowest first: a module may import its own layer and lower ones, never a higher one.
 LAYERS = [
-    {"leapalign", "leapalign.types", "leapalign.flow", "leapalign.ema"},
+    {"leapalign", "leapalign.types", "leapalign.flow", "leapalign.ema", "leapalign.reference"},
     {"leapalign.methods"},
     {"leapalign.adapters", "leapalign.rewards", "leapalign.shapes", "leapalign.geneval"},
     {"leapalign.config", "leapalign.data", "leapalign.checkpoint", "leapalign.metrics_log", "leapalign.models",

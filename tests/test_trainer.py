@@ -136,3 +136,36 @@ def test_inference_mode_rollout_does_not_change_training(tmp_path):
     b = train(toy_config(tmp_path / "b", iterations=2, model__inference_rollout=False), progress=False)
     wa, wb = weights(a), weights(b)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_grpo_family_gets_prompt_groups_fresh_noise_a_frozen_reference_and_the_iteration(tmp_path, monkeypatch):
+    import dataclasses
+
+    from leapalign.methods import METHODS
+
+    calls = []
+    real = METHODS["mix_grpo"]
+
+    def spy(velocity, noise, sigmas, cond, reward_fn, cfg, gen, backward=None, *, reference=None, iteration=0):
+        x, s, c = noise[:2], torch.full((2,), 0.7), type(cond)(cond.emb[:2])
+        with torch.no_grad():
+            gap = float((reference(x, s, c) - velocity(x, s, c)).abs().max())
+        calls.append({"emb": cond.emb.clone(), "noise": noise.clone(), "iteration": iteration, "ref_gap": gap})
+        return real.step(velocity, noise, sigmas, cond, reward_fn, cfg, gen, backward, reference=reference,
+                         iteration=iteration)
+
+    monkeypatch.setitem(METHODS, "mix_grpo", dataclasses.replace(real, step=spy))
+    args = {"group_size": 3, "kl_beta": 0.1, "window_size": 2, "shift_interval": 1}
+    result = train(toy_config(tmp_path, iterations=3, batch_size=2, method__name="mix_grpo", method__args=args),
+                   progress=False)
+    assert [c["iteration"] for c in calls] == [0, 1, 2]
+    for c in calls:
+        emb, noise = c["emb"], c["noise"].flatten(1)  # (B*G, D)
+        assert emb.shape[0] == noise.shape[0] == 6
+        assert torch.equal(emb[0], emb[2]) and torch.equal(emb[3], emb[5]) and not torch.equal(emb[0], emb[3])
+        assert len({tuple(row.tolist()) for row in noise}) == 6  # every sample its own noise
+    # the reference is the initial model: equal to the live one before the first update, different after
+    assert calls[0]["ref_gap"] == 0 and calls[-1]["ref_gap"] > 0
+    base, trained = ToyTransformer().state_dict(), weights(result)
+    assert any(not torch.allclose(v, base[k]) for k, v in trained.items())
+    assert "kl" in next(r for r in result.history if "loss" in r)

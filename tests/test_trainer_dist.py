@@ -28,11 +28,16 @@ train(from_dict(yaml.safe_load(open(sys.argv[1]))), progress=False)
 """
 
 
-def test_two_processes_equal_one_process_with_same_global_batch(tmp_path):
-    args = {"alpha": 0.3}  # the leap pair is seeded per (iteration, micro-batch), shared by the ranks
-    single = train(toy_config(tmp_path / "single", batch_size=4, iterations=3, method__args=args), progress=False)
+# The leap pair is seeded per (iteration, micro-batch), shared by the ranks, so LeapAlign trains exactly what one
+# process trains. The GRPO family draws its SDE noise per process (a layout-dependent run, as Flow-GRPO's): there
+# the ranks must stay in sync and each group (G samples of one prompt) must stay on one rank.
+@pytest.mark.parametrize("method,args", [("leapalign", {"alpha": 0.3}),
+                                         ("flow_grpo", {"group_size": 2, "kl_beta": 0.1})])
+def test_two_processes_equal_one_process_with_same_global_batch(tmp_path, method, args):
+    single = train(toy_config(tmp_path / "single", batch_size=4, iterations=3, method__name=method,
+                              method__args=args), progress=False)
 
-    cfg = toy_config(tmp_path / "dist", batch_size=2, iterations=3, method__args=args)
+    cfg = toy_config(tmp_path / "dist", batch_size=2, iterations=3, method__name=method, method__args=args)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     (tmp_path / "run.py").write_text(SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(TESTS), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
@@ -50,5 +55,10 @@ def test_two_processes_equal_one_process_with_same_global_batch(tmp_path):
 
     dist, ref = load_file(str(Path(cfg.output_dir) / "final" / "weights.safetensors")), load_file(str(single.weights))
     assert set(dist) == set(ref)
+    history = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    if method == "flow_grpo":
+        # both ranks' groups are complete: a group of 2 samples of one prompt has a spread, never a lone sample
+        assert all(r["zero_std_groups"] < 1 for r in history if "zero_std_groups" in r)
+        return
     for name in ref:
         torch.testing.assert_close(dist[name], ref[name], rtol=1e-5, atol=1e-6)

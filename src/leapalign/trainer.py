@@ -34,6 +34,7 @@ from leapalign.flow import inference_rollout
 from leapalign.methods import Method, get_method
 from leapalign.metrics_log import MetricsLog, read_history, truncate_history
 from leapalign.models import build_model, use_embedding_cache
+from leapalign.reference import ReferenceVelocity
 from leapalign.rewards import load_reward
 from leapalign.rewards.composite import CompositeReward
 
@@ -72,6 +73,7 @@ class Run:
     scheduler: Any
     params: list[torch.nn.Parameter]  # what is clipped and EMA'd (FSDP: the flat shards)
     ema: EMA | None
+    reference: ReferenceVelocity | None  # the initial weights, for methods with a KL term to them
     log: MetricsLog | None = None
 
     @property
@@ -183,11 +185,13 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
                 del state[key]
 
     accelerator.register_save_state_pre_hook(keep_trainable)
+    velocity = inference_rollout(adapter.velocity) if m.inference_rollout else adapter.velocity
     return Run(cfg, accelerator, adapter, reward, method, method_cfg, order, eval_prompts,
-               sigmas=adapter.sigmas(m.num_steps, m.height, m.width),
-               velocity=inference_rollout(adapter.velocity) if m.inference_rollout else adapter.velocity,
+               sigmas=adapter.sigmas(m.num_steps, m.height, m.width), velocity=velocity,
                optimizer=optimizer, scheduler=scheduler, params=params,
-               ema=EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None)
+               ema=EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None,
+               # taken before resume, so it holds the base weights whatever checkpoint is loaded next
+               reference=ReferenceVelocity(velocity, params) if method.needs_reference(method_cfg) else None)
 
 
 def resume(run: Run) -> Counters:
@@ -214,15 +218,26 @@ def resume(run: Run) -> Counters:
 
 
 def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
-    """One micro-batch: prompts and noise for (step, micro, rank), the method's loss, backward. Returns its metrics."""
+    """One micro-batch: prompts and noise for (step, micro, rank), the method's loss, backward. Returns its metrics.
+
+    Methods that compare G samples of a prompt (the GRPO family) get each prompt G times in a contiguous block,
+    with G independent noises; the group never straddles processes or micro-batches.
+    """
     cfg, accelerator = run.cfg, run.accelerator
+    group = run.method.samples_per_prompt(run.method_cfg)
     positions = run.order.micro_batch(step, micro, accelerator.process_index, cfg.batch_size,
                                       accelerator.num_processes, cfg.grad_accum)
-    prompts = [run.order.prompts[run.order.index(p)] for p in positions]
+    prompts = [run.order.prompts[run.order.index(p)] for p in positions for _ in range(group)]
     cond = run.adapter.encode_prompts(prompts)
     latent_shape = run.adapter.latent_shape(cfg.model.height, cfg.model.width)
-    noise = torch.stack([torch.randn(latent_shape, generator=generator(cfg.seed, 1, p)) for p in positions])
-    noise = noise.to(accelerator.device)  # (B, *latent_shape), per-sample seeds: independent of the process layout
+    seeds = [(p,) if group == 1 else (p, g) for p in positions for g in range(group)]
+    noise = torch.stack([torch.randn(latent_shape, generator=generator(cfg.seed, 1, *s)) for s in seeds])
+    noise = noise.to(accelerator.device)  # (B*G, *latent_shape), per-sample seeds: independent of the process layout
+    extra: dict[str, Any] = {}
+    if run.reference is not None:
+        extra["reference"] = run.reference
+    if run.method.uses_iteration:
+        extra["iteration"] = step
 
     def reward_fn(x0: torch.Tensor) -> torch.Tensor:
         return run.reward(run.adapter.decode(x0), prompts)  # (B,)
@@ -231,10 +246,13 @@ def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
         accelerator.backward(loss / cfg.grad_accum)
 
     # Gradients are all-reduced on the last micro-batch only; the pair/truncation seed is shared by all processes
-    # for a given (step, micro), as one process with the whole global batch would use one.
+    # for a given (step, micro), as one process with the whole global batch would use one. The GRPO family draws
+    # its SDE noise per row from that generator, so it gets one per process (else ranks would share SDE noise):
+    # its runs depend on the process layout, as Flow-GRPO's do.
+    method_seed = (cfg.seed, 2, step, micro) + ((accelerator.process_index,) if group > 1 else ())
     with nullcontext() if micro == cfg.grad_accum - 1 else accelerator.no_sync(run.model):
         out = run.method.step(run.velocity, noise, run.sigmas, cond, reward_fn, run.method_cfg,
-                              generator(cfg.seed, 2, step, micro), backward=backward)
+                              generator(*method_seed), backward=backward, **extra)
         if not out.backward_done:
             backward(out.loss)
     parts = run.reward.metrics() if isinstance(run.reward, CompositeReward) else {}  # raw per-term rewards

@@ -1,0 +1,36 @@
+"""The frozen reference model of KL-regularised methods (Flow-GRPO's KL term): the trainable weights as they were
+before training, swapped in for one no-grad velocity call.
+
+One copy of the trainable parameters only (a LoRA's few MB; for full fine-tuning a copy of the transformer, as
+any frozen reference needs), no second model object: the frozen base weights are shared.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+
+class ReferenceVelocity:
+    """velocity(x, sigma, cond) of the model with its initial trainable weights; the live weights are restored
+    after each call."""
+
+    def __init__(self, velocity: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
+                 params: list[torch.nn.Parameter]):
+        self.velocity = velocity
+        self.params = list(params)
+        self.initial = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        # Swap the storage (.data), not the values: an in-place copy would bump the version counters of
+        # parameters that the policy's live autograd graph saved, and its backward would then refuse to run.
+        live = [p.data for p in self.params]
+        for p, w in zip(self.params, self.initial):
+            p.data = w
+        try:
+            return self.velocity(x, sigma, cond)
+        finally:
+            for p, w in zip(self.params, live):
+                p.data = w
