@@ -35,7 +35,8 @@ from leapalign.types import RewardFn, VelocityFn
 MIB = 2**20
 DRAFT_KS = (1, 2, 4, 8)
 ALL_CASES = ("leapalign", "leapalign_coupled", "refl", *(f"draft_k{k}" for k in DRAFT_KS), "draft_kT", "draft_lv",
-             "drtune", "full")
+             "drtune", "full", "flow_grpo", "mix_grpo")
+GRPO_GROUP = 4  # samples per prompt of the policy-gradient cases: the workload's batch is B / 4 prompts x 4
 
 
 @dataclass
@@ -68,8 +69,9 @@ class Case:
     leap_k: int | None = None
 
 
-def make_case(name: str, steps: int, leap_k: int | None = None) -> Case | None:
-    """A name of ALL_CASES at T steps -> Case (None where it does not exist, e.g. DRaFT-8 at T = 4)."""
+def make_case(name: str, steps: int, leap_k: int | None = None, batch: int = 8) -> Case | None:
+    """A name of ALL_CASES at T steps -> Case (None where it does not exist, e.g. DRaFT-8 at T = 4, or a GRPO group
+    that does not fit the batch)."""
     if name not in ALL_CASES:
         raise ValueError(f"unknown bench case {name!r}; choose from: {', '.join(ALL_CASES)}")
     if name.startswith("leapalign"):
@@ -85,6 +87,10 @@ def make_case(name: str, steps: int, leap_k: int | None = None) -> Case | None:
     if name.startswith("draft_k"):
         k = steps if name == "draft_kT" else int(name[len("draft_k"):])
         return Case(name, "draft", steps, {"k": k}) if k <= steps else None
+    if name.endswith("grpo"):  # the paper-style defaults: every SDE step trained; MixGRPO's window of 4
+        cfg = {"group_size": GRPO_GROUP} if name == "flow_grpo" else {"group_size": GRPO_GROUP,
+                                                                        "window_size": min(4, steps - 1)}
+        return Case(name, name, steps, cfg) if batch % GRPO_GROUP == 0 else None
     return Case(name, name, steps, {})
 
 
@@ -158,8 +164,9 @@ def iteration(wl: Workload, case: Case, split: SplitVelocity, generator: torch.G
     for p in wl.params:
         p.grad = None
     method = METHODS[case.method]
+    extra = {"iteration": 0} if method.uses_iteration else {}
     out = method.step(split, wl.noise, wl.sigmas(case.steps), wl.cond, wl.reward_fn, method.config(**case.cfg),
-                      generator, backward=lambda loss: loss.backward())
+                      generator, backward=lambda loss: loss.backward(), **extra)
     # DRTune at small T can stop before its first training step: a loss without a graph, nothing to do.
     if not out.backward_done and out.loss.requires_grad:
         out.loss.backward()
@@ -187,7 +194,8 @@ def measure_case(wl: Workload, case: Case, warmup: int, iters: int) -> dict:
         shares.append(split.nograd_s / times[-1])
     peak = memory_peak(dev)
     release(wl)
-    return {**asdict(case), "time_s": median(times), "times_s": times, "rollout_share": median(shares),
+    return {**asdict(case), "time_s": median(times), "times_s": times,
+            "time_per_sample_s": median(times) / len(wl.noise), "rollout_share": median(shares),
             "nograd_calls": split.nograd_calls, "grad_calls": split.grad_calls, "base_mib": base, "peak_mib": peak,
             "extra_mib": peak - base, "reward": metrics.get("reward")}
 

@@ -13,11 +13,12 @@ def table(doc: dict) -> str:
     """A markdown table, one row per case, then the floors and derived numbers."""
     cuda = doc["spec"]["device"].startswith("cuda")
     peak_name = "peak alloc" if cuda else "peak RSS"
-    lines = [f"| case | T | {peak_name} | extra over start | time/iter | rollout share | grad calls |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [f"| case | T | {peak_name} | extra over start | time/iter | time/sample | rollout share | grad calls |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in doc["rows"]:
+        per_sample = f"{r['time_per_sample_s']:.3f} s" if "time_per_sample_s" in r else "-"
         lines.append(f"| {r['label']} | {r['steps']} | {_mem(r['peak_mib'], cuda)} | {_mem(r['extra_mib'], cuda)} | "
-                     f"{r['time_s']:.3f} s | {100 * r['rollout_share']:.0f}% | {r['grad_calls']} |")
+                     f"{r['time_s']:.3f} s | {per_sample} | {100 * r['rollout_share']:.0f}% | {r['grad_calls']} |")
     if doc["floors"]:
         head = "| T | rollout | fwd+bwd (1 call) | decoder+reward fwd+bwd | floor | LeapAlign / floor |"
         if cuda:

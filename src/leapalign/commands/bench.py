@@ -54,7 +54,7 @@ def parse_grid(args: argparse.Namespace) -> list:
     # in the order given (--steps, then --at), so a run cut short has measured the first ones
     for steps in dict.fromkeys([*args.steps, *overrides]):
         for name in overrides.get(steps, args.cases):
-            case = make_case(name, steps)
+            case = make_case(name, steps, batch=1 if args.model.startswith("flux") else args.batch)
             if case is not None:
                 cases.append(case)
     for k in args.leap_steps:
