@@ -94,7 +94,7 @@ def test_resume_auto_skips_corrupt_checkpoint_and_keeps_retention(tmp_path):
 
 def test_nan_rewards_are_skipped_counted_and_abort_after_n(tmp_path):
     cfg = toy_config(tmp_path, iterations=10, reward__name="helpers.toy:nan_reward", max_consecutive_skips=3)
-    with pytest.raises(TrainingAborted, match="3 consecutive steps had a non-finite loss or gradient"):
+    with pytest.raises(TrainingAborted, match="3 consecutive steps had a non-finite loss, gradient or weight update"):
         train(cfg, progress=False)
     records = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in records] == [1, 2, 3]
