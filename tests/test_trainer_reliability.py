@@ -4,16 +4,24 @@ is written, corrupt checkpoints are skipped, a fresh start truncates the history
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers.toy import ToyTransformer, toy_config
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from leapalign import checkpoint, trainer
+from leapalign.config import to_dict
 from leapalign.trainer import TrainingAborted, train
+
+TESTS = Path(__file__).parent
+SRC = TESTS.parent / "src"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -138,3 +146,15 @@ def test_fresh_start_truncates_the_history_of_a_run_killed_before_its_first_chec
     (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale))
     result = train(cfg, progress=False)
     assert [r["step"] for r in result.history if "loss" in r] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_cli_rerun_into_a_finished_run_with_fewer_iterations_exits_2(run):
+    cfg = rerun(run, iterations=4)
+    (run / "cfg.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)])}
+    proc = subprocess.run([sys.executable, "-m", "leapalign.cli", "train", "--config", str(run / "cfg.yaml"),
+                           "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err = proc.stderr.strip()
+    assert len(err.splitlines()) == 1 and "iterations: 6 -> 4" in err and "resume=force" in err, err
