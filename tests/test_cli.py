@@ -101,7 +101,8 @@ def test_output_path_that_is_a_file_or_not_writable_exits_2(command, tmp_path, c
 
 @pytest.mark.parametrize("argv, message", [
     (["eval", "--model", "helpers.toy:ToyAdapter", "--steps", "0"], "--steps must be >= 1, got 0"),
-    (["generate", "--model", "helpers.toy:ToyAdapter", "--prompt", "", "--out", "/tmp/x"], "--prompt must not be empty"),
+    (["generate", "--model", "helpers.toy:ToyAdapter", "--prompt", "", "--out", "/tmp/x"],
+     "--prompt must not be empty"),
     (["train", "--config", "."], "is a directory; give a YAML file"),
     (["train", "optim.lr=inf"], "optim.lr must be a finite number"),
 ])

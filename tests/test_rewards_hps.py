@@ -115,11 +115,11 @@ def official_hps_transform(images: torch.Tensor, size: int) -> torch.Tensor:
         height, width = image.shape[-2:]
         scale = size / float(max(height, width))
         new_h, new_w = round(height * scale), round(width * scale)
-        channels = [np.array(Image.fromarray(c.numpy().astype(np.float32), mode="F").resize((new_w, new_h), Image.BICUBIC))
+        channels = [Image.fromarray(c.numpy().astype(np.float32), mode="F").resize((new_w, new_h), Image.BICUBIC)
                     for c in image]
         padded = np.zeros((3, size, size))  # fill 0 on the [0, 1] tensor, i.e. before Normalize
         top, left = (size - new_h) // 2, (size - new_w) // 2
-        padded[:, top:top + new_h, left:left + new_w] = np.stack(channels)
+        padded[:, top:top + new_h, left:left + new_w] = np.stack([np.array(c) for c in channels])
         out.append((padded - np.array(CLIP_MEAN)[:, None, None]) / np.array(CLIP_STD)[:, None, None])
     return torch.from_numpy(np.stack(out)).float()
 

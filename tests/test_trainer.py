@@ -61,7 +61,9 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     # A real kill: the CLI run SIGKILLs itself inside iteration 4 (one reward call per LeapAlign iteration),
     # after the checkpoint of iteration 2 and before that of iteration 4.
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "LEAPALIGN_TOY_KILL_AT": "4"}
+    # this tree's src first: an installed leapalign elsewhere must not be the one tested
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "src"), str(TESTS)]),
+           "LEAPALIGN_TOY_KILL_AT": "4"}
     proc = subprocess.run([sys.executable, "-m", "leapalign.cli", "train", "--config", str(tmp_path / "cfg.yaml"),
                            "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr[-2000:]

@@ -158,3 +158,13 @@ def test_cli_rerun_into_a_finished_run_with_fewer_iterations_exits_2(run):
     assert proc.returncode == 2, proc.stderr[-2000:]
     err = proc.stderr.strip()
     assert len(err.splitlines()) == 1 and "iterations: 6 -> 4" in err and "resume=force" in err, err
+
+
+def test_threads_setting_is_applied(tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train(toy_config(tmp_path, iterations=1, threads=1), progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

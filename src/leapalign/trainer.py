@@ -109,8 +109,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     # would step it num_processes times).
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
     try:
+        path, changed = resume_point(cfg)  # before setup: a refused resume must not wait for a 12B model to load
         run = setup(cfg, accelerator)
-        counters = resume(run)
+        counters = resume(run, path, changed)
         start = counters.step
         main = accelerator.is_main_process
         run.log = MetricsLog(run.out_dir, cfg.logger, to_dict(cfg), enabled=main)
@@ -211,12 +212,12 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
                snapshot=sum(p.numel() for p in params) <= SNAPSHOT_MAX_ELEMENTS)
 
 
-def resume(run: Run) -> Counters:
-    """Restore the checkpoint that cfg.resume names (auto/force: the newest valid one), if any, after checking that
-    neither it nor final/ belongs to a run with other settings (resume_guard); trims metrics.jsonl to it (to
-    nothing on a fresh start, which may follow a run killed before its first checkpoint)."""
-    cfg, accelerator, main = run.cfg, run.accelerator, run.accelerator.is_main_process
-    root = run.out_dir / "checkpoints"
+def resume_point(cfg: TrainConfig) -> tuple[Path | None, list[str]]:
+    """The checkpoint that cfg.resume names (auto/force: the newest valid one; None = fresh start) and the changed
+    safe settings, after checking that neither it nor final/ belongs to a run with other settings (resume_guard)
+    and that it is not past cfg.iterations."""
+    out_dir = Path(cfg.output_dir)
+    root = out_dir / "checkpoints"
     path = None
     if cfg.resume in ("auto", "force"):
         path = checkpoint.latest_valid(root)
@@ -227,17 +228,24 @@ def resume(run: Run) -> Counters:
             raise ValueError(f"cannot resume from {path}: {why}")
     # A fresh start would overwrite the newest checkpoint's run as well as final/.
     saved = path or next(reversed(checkpoint.checkpoint_dirs(root)), None)
-    changed = resume_guard.check(cfg, [run.out_dir / "final" / "config.yaml"] + ([saved / "config.yaml"] if saved else []),
-                                 force=cfg.resume == "force")
-    if path is None:
-        if main:
-            truncate_history(run.out_dir / "metrics.jsonl", 0)
-        return Counters()
-    step = checkpoint.step_of(path)
+    configs = [out_dir / "final" / "config.yaml"] + ([saved / "config.yaml"] if saved else [])
+    changed = resume_guard.check(cfg, configs, force=cfg.resume == "force")
+    step = checkpoint.step_of(path) if path is not None else 0
     if step > cfg.iterations:
         raise ValueError(f"checkpoint {path} is at iteration {step}, past iterations={cfg.iterations}; resuming "
                          f"would write its state under an earlier step: set iterations >= {step}, or use a new "
                          f"output_dir")
+    return path, changed
+
+
+def resume(run: Run, path: Path | None, changed: list[str]) -> Counters:
+    """Restore the checkpoint at `path` and trim metrics.jsonl to it; a fresh start (None) empties metrics.jsonl,
+    which a run killed before its first checkpoint may have filled."""
+    accelerator, main = run.accelerator, run.accelerator.is_main_process
+    if path is None:
+        if main:
+            truncate_history(run.out_dir / "metrics.jsonl", 0)
+        return Counters()
     state = checkpoint.load(accelerator, path)
     if run.ema is not None:
         run.ema.load_state_dict(state["ema"])
@@ -320,8 +328,9 @@ def _all_finite(run: Run, tensors: list[torch.Tensor]) -> bool:
 def _copy_state(run: Run) -> tuple[list[torch.Tensor], dict]:
     """The trainable weights and their optimizer state (Adam moments, step), as they are before a step."""
     state = run.optimizer.optimizer.state
-    return ([p.detach().clone() for p in run.params],
-            {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in state[p].items()} for p in run.params if p in state})
+    moments = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in state[p].items()}
+               for p in run.params if p in state}
+    return [p.detach().clone() for p in run.params], moments
 
 
 def _restore_state(run: Run, backup: tuple[list[torch.Tensor], dict]) -> None:

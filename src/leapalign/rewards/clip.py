@@ -66,7 +66,8 @@ class ClipReward(FrozenReward):
         new = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if new:
             device = self.model.logit_scale.device
-            tok = self.tokenizer([self.clean_text(p) for p in new], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            tok = self.tokenizer([self.clean_text(p) for p in new], padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
             out = self.model.text_model(
                 input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device)
             )
