@@ -143,7 +143,8 @@ def test_fresh_start_truncates_the_history_of_a_run_killed_before_its_first_chec
     cfg = toy_config(tmp_path, iterations=3, resume="auto")
     (tmp_path / "run").mkdir()
     stale = [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]  # what a killed first attempt logged
-    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale))
+    partial = '{"step": 3, "lo'  # killed while writing
+    (tmp_path / "run" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stale) + partial)
     result = train(cfg, progress=False)
     assert [r["step"] for r in result.history if "loss" in r] == [1, 2, 3]
 
