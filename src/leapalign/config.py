@@ -103,8 +103,8 @@ class TrainConfig:
                                  "checkpoint's), or a checkpoint directory")
     max_consecutive_skips: int = option(5, "abort after this many consecutive steps with non-finite loss or gradient")
     logger: str = option("tensorboard", "tensorboard, wandb or none (metrics.jsonl is always written)")
-    threads: int = option(0, "CPU threads of torch (torch.set_num_threads); 0 = torch's default (one per core). 1 is "
-                             "2-4x faster on a loaded, shared machine (docs/training.md)")
+    threads: int = option(0, "CPU threads of torch (torch.set_num_threads); 0 = torch's default (one per core). 1 was "
+                             "3-12x faster on a loaded 2-core machine (docs/training.md)")
     cudnn_sdp: bool = option(False, "allow cuDNN scaled-dot-product attention on CUDA (off: it gave NaN LoRA grads on an H100, docs/models.md)")
     model: ModelConfig = option(ModelConfig(), "the model being trained")
     reward: RewardConfig = option(RewardConfig(), "the differentiable reward")
