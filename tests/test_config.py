@@ -98,16 +98,30 @@ def test_yaml_and_overrides(tmp_path):
     (["method.args.alpha=2"], "alpha"),
     (["mixed_precision=fp8"], "mixed_precision must be no or bf16"),
     (["model.dtype=bfloat16"], "needs LoRA"),
-    (["resume=/does/not/exist"], "resume must be auto, none or an existing checkpoint directory"),
+    (["resume=/does/not/exist"], "resume must be auto, none, force or an existing checkpoint directory"),
+    (["optim.lr=inf"], "optim.lr must be a finite number"),
+    (["optim.eps=.nan"], "optim.eps must be a finite number"),
+    (["method.args.alpha=nan"], "method.args.alpha must be a finite number"),
+    (["optim.betas=[0.9, .inf]"], r"optim.betas\[1\] must be a finite number"),
+    (["reward.terms=[{name: shapes, weight: .nan}]"], r"reward.terms\[0\].weight must be a finite number"),
+    (["threads=-1"], "threads must be >= 0"),
 ])
 def test_bad_values_say_what_to_change(overrides, message):
     with pytest.raises(ValueError, match=message):
         load_config(None, overrides)
 
 
+def test_documented_none_choices_of_str_fields_are_accepted():
+    # docs/training.md: logger=none, resume=none; YAML reads `none` as null, which a str field takes as 'none'
+    cfg = load_config(None, ["logger=none", "resume=none"])
+    assert (cfg.logger, cfg.resume) == ("none", "none")
+
+
 def test_missing_and_malformed_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ValueError, match="is a directory; give a YAML file"):
+        load_config(tmp_path)
     bad = tmp_path / "bad.yaml"
     bad.write_text("optim: [unclosed\n")
     with pytest.raises(ValueError, match="malformed YAML in .*bad.yaml"):

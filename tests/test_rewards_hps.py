@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from helpers.reward_checks import randomize_norms
 from helpers.rewards_tiny import save_tiny_clip, tiny_tokenizer
 from helpers.reward_checks import grad_checks
 from torch import nn
 
 from leapalign.rewards import load_reward
+from leapalign.rewards.hps import clean_prompt
 from leapalign.rewards.openclip_keys import openclip_to_transformers
-from leapalign.rewards.preprocess import clip_preprocess
+from leapalign.rewards.preprocess import CLIP_MEAN, CLIP_STD, clip_preprocess
 
 
 class ResBlock(nn.Module):
@@ -102,17 +105,68 @@ def hps_dir(tmp_path_factory):
     return folder, ref, tok
 
 
+def official_hps_transform(images: torch.Tensor, size: int) -> torch.Tensor:
+    """HPSv2's scoring transform written from the official algorithm with PIL and numpy, independently of ours
+    (tgxs002/HPSv2 hpsv2/src/open_clip/transform.py: ToTensor, ResizeMaxSize(size, BICUBIC, fill=0), Normalize).
+    PIL's float ("F") bicubic resize stands in for torchvision's float-tensor resize: both are the antialiased
+    a = -0.5 cubic kernel without rounding or clamping (they agree to 1e-7)."""
+    out = []
+    for image in images.double():
+        height, width = image.shape[-2:]
+        scale = size / float(max(height, width))
+        new_h, new_w = round(height * scale), round(width * scale)
+        channels = [Image.fromarray(c.numpy().astype(np.float32), mode="F").resize((new_w, new_h), Image.BICUBIC)
+                    for c in image]
+        padded = np.zeros((3, size, size))  # fill 0 on the [0, 1] tensor, i.e. before Normalize
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+        padded[:, top:top + new_h, left:left + new_w] = np.stack([np.array(c) for c in channels])
+        out.append((padded - np.array(CLIP_MEAN)[:, None, None]) / np.array(CLIP_STD)[:, None, None])
+    return torch.from_numpy(np.stack(out)).float()
+
+
+def hand_made(height: int, width: int) -> torch.Tensor:
+    """A non-square test card: colour ramps, a white bar near the right edge, a dark disc near the top."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    image = torch.stack([x, y, (x * y) ** 0.5])
+    image[:, :, int(0.9 * width):int(0.95 * width)] = 1.0
+    image[:, ((y - 0.1) ** 2 + ((x - 0.5) * width / height) ** 2) < 0.01] = 0.05
+    return image  # (3, H, W)
+
+
+@pytest.mark.parametrize("height, width", [(400, 600), (768, 1360), (600, 400)])
+def test_hps_preprocessing_is_the_official_resize_and_zero_pad(hps_dir, height, width):
+    reward = load_reward("hpsv21", path=str(hps_dir[0]))
+    reward.image_size = 224  # the real ViT-H-14 input size; the tiny test model takes 32
+    images = hand_made(height, width)[None]
+    ours = reward.preprocess(images)
+    expected = official_hps_transform(images, 224)
+    assert (ours - expected).abs().max() < 1e-4
+    # the centre crop we used before cuts the sides off: far from the official input (issue: up to 1.0, mean 0.24)
+    assert (clip_preprocess(images, 224) - expected).abs().mean() > 0.2
+
+
+def test_hps_prompt_cleaning_is_open_clips():
+    assert clean_prompt("  a cat &amp; a dog ") == "a cat & a dog"
+    assert clean_prompt("a cat &amp;amp; a\n\t dog") == "a cat & a dog"  # unescaped twice, whitespace collapsed
+    assert clean_prompt("a \u201cred\u201d square, the dog\u2019s ball") == 'a "red" square, the dog\'s ball'
+    assert clean_prompt("caf\u00c3\u00a9 sign") == "caf\u00e9 sign"  # mojibake repaired by ftfy
+
+
 @pytest.mark.parametrize("name", ["hpsv21", "hpsv2"])
 def test_hps_matches_reference_openclip_module(hps_dir, name):
     folder, ref, tok = hps_dir
     reward = load_reward(name, path=str(folder))
-    prompts = ["a red square on the left", "two blue circles"]
-    images = torch.rand(2, 3, 48, 40)
+    prompts = ["a red square on the left", "two &amp; blue circles"]
+    images = torch.stack([hand_made(60, 40), hand_made(60, 40).flip(-1)])
     r = grad_checks(reward, images, prompts)
-    ids = tok(prompts, padding="max_length", max_length=16, return_tensors="pt")["input_ids"]
+    official = [clean_prompt(p) for p in prompts]  # what open_clip's tokenizer sees
+    assert official[1] == "two & blue circles"
+    ids = tok(official, padding="max_length", max_length=16, return_tensors="pt")["input_ids"]
     with torch.no_grad():
-        expected = ref.hps(clip_preprocess(images, 32), ids)
+        expected = ref.hps(official_hps_transform(images, 32), ids)
     torch.testing.assert_close(r, expected, rtol=1e-5, atol=1e-5)
+    raw_ids = tok(prompts, padding="max_length", max_length=16, return_tensors="pt")["input_ids"]
+    assert not torch.equal(ids, raw_ids)  # the cleaning changes the token ids of the '&amp;' prompt
 
 
 def test_every_openclip_key_maps_once_and_shapes_fit(hps_dir):

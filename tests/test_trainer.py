@@ -61,7 +61,9 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     # A real kill: the CLI run SIGKILLs itself inside iteration 4 (one reward call per LeapAlign iteration),
     # after the checkpoint of iteration 2 and before that of iteration 4.
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "LEAPALIGN_TOY_KILL_AT": "4"}
+    # this tree's src first: an installed leapalign elsewhere must not be the one tested
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "src"), str(TESTS)]),
+           "LEAPALIGN_TOY_KILL_AT": "4"}
     proc = subprocess.run([sys.executable, "-m", "leapalign.cli", "train", "--config", str(tmp_path / "cfg.yaml"),
                            "--no-progress"], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == -9, proc.stderr[-2000:]
@@ -94,7 +96,7 @@ def test_resume_auto_skips_corrupt_checkpoint_and_keeps_retention(tmp_path):
 
 def test_nan_rewards_are_skipped_counted_and_abort_after_n(tmp_path):
     cfg = toy_config(tmp_path, iterations=10, reward__name="helpers.toy:nan_reward", max_consecutive_skips=3)
-    with pytest.raises(TrainingAborted, match="3 consecutive steps had a non-finite loss or gradient"):
+    with pytest.raises(TrainingAborted, match="3 consecutive steps had a non-finite loss, gradient or weight update"):
         train(cfg, progress=False)
     records = [json.loads(line) for line in (Path(cfg.output_dir) / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in records] == [1, 2, 3]

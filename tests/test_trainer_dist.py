@@ -40,7 +40,8 @@ def test_two_processes_equal_one_process_with_same_global_batch(tmp_path, method
     cfg = toy_config(tmp_path / "dist", batch_size=2, iterations=3, method__name=method, method__args=args)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     (tmp_path / "run.py").write_text(SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(TESTS), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent / "src"), str(TESTS)]),
+           "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                            "--master_port", "29533", str(tmp_path / "run.py"), str(tmp_path / "cfg.yaml")],
                           env=env, capture_output=True, text=True, timeout=180)

@@ -4,7 +4,9 @@ Layout: OUTPUT_DIR/checkpoints/step_0000050/ holding accelerate's state (trainab
 scheduler, RNG states of every process), trainer_state_<rank>.pt (EMA shadow, counters) per process,
 config.yaml and meta.json (step, library version, file sizes). Every process writes into a temporary
 directory that the main process renames into place after all writes, so a killed run never leaves a
-half-written checkpoint under a valid name; meta.json's sizes catch files truncated afterwards.
+half-written checkpoint under a valid name. `problem` catches what happens afterwards: meta.json's sizes a
+truncated file, safetensors headers and finite values, and the zip CRCs of torch.save files (.pt/.bin) a file
+overwritten in place.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import json
 import shutil
 import time
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
 import yaml
+from safetensors import SafetensorError, safe_open
 
 import leapalign
 
@@ -31,7 +35,7 @@ def checkpoint_dirs(root: Path) -> list[Path]:
 
 
 def problem(path: Path) -> str | None:
-    """Why the checkpoint at `path` cannot be used, or None when it is complete."""
+    """Why the checkpoint at `path` cannot be used, or None when it is complete and its weights are finite."""
     try:
         meta = json.loads((path / META).read_text())
     except (OSError, ValueError):
@@ -42,7 +46,35 @@ def problem(path: Path) -> str | None:
             return f"{name} missing"
         if f.stat().st_size != size:
             return f"{name} has {f.stat().st_size} bytes, expected {size}"
+        why = file_problem(f)
+        if why is not None:
+            return f"{name} {why}"
     return None
+
+
+def file_problem(f: Path) -> str | None:
+    """What is wrong with the values of one weights file, or None: safetensors must parse and hold finite
+    floats (read one tensor at a time), torch.save archives (.pt, .bin) must pass their zip CRC check."""
+    try:
+        if f.suffix == ".safetensors":
+            with safe_open(str(f), framework="pt") as data:
+                for key in data.keys():
+                    t = data.get_tensor(key)
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                        return f"holds non-finite values ({key})"
+        elif f.suffix in (".pt", ".bin"):
+            with zipfile.ZipFile(f) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"is corrupt ({bad} fails its CRC check)"
+    except (OSError, SafetensorError, zipfile.BadZipFile, ValueError, RuntimeError) as err:
+        return f"is unreadable ({type(err).__name__}: {str(err)[:100]})"
+    return None
+
+
+def step_of(path: Path) -> int:
+    """The iteration a valid checkpoint was written at."""
+    return int(json.loads((path / META).read_text())["step"])
 
 
 def latest_valid(root: Path) -> Path | None:

@@ -22,17 +22,31 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model(args: argparse.Namespace):
     """(adapter, the run's TrainConfig or None for a base model), with args.steps/height/width filled in."""
+    import torch
+
     from leapalign.models import load_trained
 
+    given = {"--steps": args.steps, "--height": args.height, "--width": args.width, "--batch-size": args.batch_size}
+    for flag, value in given.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device {args.device} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: CUDA is not available here; use --device cpu")
     if args.weights:
         adapter, cfg = load_trained(args.weights, ema=not args.no_ema, device=args.device)
     else:
         from leapalign.adapters import load_adapter
 
         adapter, cfg = load_adapter(args.model, args.model_path, device=args.device), None
-    args.steps = args.steps or (cfg.eval.num_steps if cfg else 25)
-    args.height = args.height or (cfg.model.height if cfg else 32)
-    args.width = args.width or (cfg.model.width if cfg else 32)
-    if min(args.steps, args.height, args.width, args.batch_size) < 1:
-        raise ValueError("--steps, --height, --width and --batch-size must be >= 1")
+    # `is None`, not `or`: an explicit 0 is an error above, never silently the run's value.
+    if args.steps is None:
+        args.steps = cfg.eval.num_steps if cfg else 25
+    if args.height is None:
+        args.height = cfg.model.height if cfg else 32
+    if args.width is None:
+        args.width = cfg.model.width if cfg else 32
     return adapter, cfg

@@ -2,13 +2,16 @@
 
 A YAML file mirrors the dataclasses: top-level run fields plus the sections `model`, `reward`, `method`, `optim`,
 `data` and `eval`. Overrides use dotted keys (`optim.lr=5e-6`, `method.args.alpha=0.1`); the value is parsed as
-YAML (`none`/`null` -> None, `[0.9, 0.99]` -> a list). Unknown keys and ill-typed values raise ValueError naming
-the key and the valid choices, so that the CLI can print one line.
+YAML (`none`/`null` -> None, `[0.9, 0.99]` -> a list); a str field that must not be None (`logger`, `resume`, ...)
+reads None as the string 'none', so `logger=none` means the documented choice and validation decides whether
+'none' is valid there. Unknown keys, ill-typed and non-finite values raise ValueError naming the key and the
+valid choices, so that the CLI can print one line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -95,9 +98,13 @@ class TrainConfig:
     log_every: int = option(1, "write metrics every N iterations")
     save_every: int = option(50, "checkpoint every N iterations (0 = only at the end)")
     keep_checkpoints: int = option(3, "keep at most this many checkpoints, deleting the oldest (0 = keep all)")
-    resume: str = option("auto", "auto (newest valid checkpoint in output_dir, if any), none, or a checkpoint directory")
+    resume: str = option("auto", "auto (newest valid checkpoint in output_dir, if any), none (start fresh), force (as auto, "
+                                 "but continue even when settings that change what is trained differ from the "
+                                 "checkpoint's), or a checkpoint directory")
     max_consecutive_skips: int = option(5, "abort after this many consecutive steps with non-finite loss or gradient")
     logger: str = option("tensorboard", "tensorboard, wandb or none (metrics.jsonl is always written)")
+    threads: int = option(0, "CPU threads of torch (torch.set_num_threads); 0 = torch's default (one per core). 1 was "
+                             "3-12x faster on a loaded 2-core machine (docs/training.md)")
     cudnn_sdp: bool = option(False, "allow cuDNN scaled-dot-product attention on CUDA (off: it gave NaN LoRA grads on an H100, docs/models.md)")
     model: ModelConfig = option(ModelConfig(), "the model being trained")
     reward: RewardConfig = option(RewardConfig(), "the differentiable reward")
@@ -121,13 +128,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         for option in options:
             if option is not type(None):
                 return _coerce(value, option, key)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # PyYAML reads 1e-5 (no dot) as a string
-        try:
-            return float(value)
+    if tp is str and value is None:  # `key=none` on the command line: the documented choice 'none'
+        return "none"
+    if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:  # PyYAML reads 1e-5 (no dot) as a string
+            number = float(value)
         except ValueError:
-            pass
+            number = None
+        if number is not None:
+            if not math.isfinite(number):
+                raise ValueError(f"{key} must be a finite number, got {value!r}")
+            return number
     if tp in (list, tuple) or typing.get_origin(tp) in (list, tuple):
         if isinstance(value, str):  # a command-line list: a,b,c (each item parsed as YAML)
             value = [_yaml_value(v) for v in value.split(",") if v]
@@ -184,9 +195,15 @@ def _yaml_value(raw: str) -> Any:
     if raw.lower() == "none":
         return None
     try:
-        return yaml.safe_load(raw) if raw else ""
+        value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError:
         return raw
+    if isinstance(value, str):  # YAML reads 1e-5, inf and nan as strings; in free-form method.args too they are numbers
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -211,6 +228,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     data: dict = {}
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise ValueError(f"--config {p} is a directory; give a YAML file, e.g. configs/shapes.yaml")
         if not p.is_file():
             raise FileNotFoundError(f"config file not found: {p}")
         try:
@@ -233,6 +252,8 @@ def _check(ok: bool, message: str) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Raise ValueError with what to change; also builds the method config so that its fields are checked."""
+    bad = _non_finite(to_dict(cfg))
+    _check(bad is None, f"{bad} must be a finite number (inf and nan would make every weight non-finite)")
     _check(cfg.iterations >= 1, f"iterations must be >= 1, got {cfg.iterations}")
     _check(cfg.batch_size >= 1, f"batch_size must be >= 1 (prompts per process), got {cfg.batch_size}")
     _check(cfg.grad_accum >= 1, f"grad_accum must be >= 1, got {cfg.grad_accum}")
@@ -242,10 +263,11 @@ def validate(cfg: TrainConfig) -> None:
         _check(getattr(cfg, name) >= 1, f"{name} must be >= 1, got {getattr(cfg, name)}")
     for name in ("save_every", "keep_checkpoints"):
         _check(getattr(cfg, name) >= 0, f"{name} must be >= 0, got {getattr(cfg, name)}")
+    _check(cfg.threads >= 0, f"threads must be >= 0 (0 = torch's default), got {cfg.threads}")
     _check(cfg.max_consecutive_skips >= 1, f"max_consecutive_skips must be >= 1, got {cfg.max_consecutive_skips}")
     _check(cfg.logger in ("tensorboard", "wandb", "none"), f"logger must be tensorboard, wandb or none, got {cfg.logger!r}")
-    _check(cfg.resume in ("auto", "none") or Path(cfg.resume).is_dir(),
-           f"resume must be auto, none or an existing checkpoint directory, got {cfg.resume!r}")
+    _check(cfg.resume in ("auto", "none", "force") or Path(cfg.resume).is_dir(),
+           f"resume must be auto, none, force or an existing checkpoint directory, got {cfg.resume!r}")
     m = cfg.model
     _check(m.dtype in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got {m.dtype!r}")
     _check(m.height >= 1 and m.width >= 1, f"model.height and model.width must be >= 1, got {m.height}x{m.width}")
@@ -264,6 +286,20 @@ def validate(cfg: TrainConfig) -> None:
     _check(e.num_steps >= 1 and e.batch_size >= 1, "eval.num_steps and eval.batch_size must be >= 1")
     composite_terms(cfg)
     method_config(cfg)
+
+
+def _non_finite(data: Any, key: str = "") -> str | None:
+    """The dotted key of the first inf/nan number anywhere in `data` (nested dicts and lists: method.args,
+    reward.terms, optim.betas included), or None."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return key
+    if isinstance(data, dict):
+        items = [(f"{key}.{k}" if key else str(k), v) for k, v in data.items()]
+    elif isinstance(data, (list, tuple)):
+        items = [(f"{key}[{i}]", v) for i, v in enumerate(data)]
+    else:
+        return None
+    return next((bad for k, v in items if (bad := _non_finite(v, k)) is not None), None)
 
 
 def composite_terms(cfg: TrainConfig) -> list:

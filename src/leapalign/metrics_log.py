@@ -52,10 +52,17 @@ class MetricsLog:
 
 
 def read_history(path: Path) -> list[dict]:
-    """metrics.jsonl -> list of records (one per logged iteration, eval records included)."""
+    """metrics.jsonl -> list of records (one per logged iteration, eval records included). A line that does not
+    parse is the partial write of a killed run (every record is one line, flushed whole) and is dropped."""
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
 
 
 def truncate_history(path: Path, step: int) -> None:

@@ -11,6 +11,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from leapalign import checkpoint
 from leapalign.adapters import load_adapter
 from leapalign.adapters.cache import EmbeddingCache, ensure_cache
 from leapalign.adapters.lora import LoraConfig, apply_lora, set_full_finetuning
@@ -52,6 +53,11 @@ def load_trained(weights_dir: str | Path, *, ema: bool = True, device: torch.dev
     if not (d / "config.yaml").is_file() or not (is_checkpoint or (d / "weights.safetensors").is_file()):
         raise FileNotFoundError(f"{weights_dir} holds no trained weights (expected a run directory, its final/ "
                                 f"directory or a checkpoints/step_* directory written by `leapalign train`)")
+    file = d / "ema.safetensors" if ema and (d / "ema.safetensors").is_file() else d / "weights.safetensors"
+    # A truncated or overwritten file fails here with one line, not inside safetensors or torch.load.
+    why = checkpoint.problem(d) if is_checkpoint else checkpoint.file_problem(file)
+    if why is not None:
+        raise ValueError(f"checkpoint {d} is unusable: {why}" if is_checkpoint else f"{file} {why}")
     cfg = from_dict(yaml.safe_load((d / "config.yaml").read_text()))
     adapter = build_model(cfg, device)
     names = [n for n, p in adapter.transformer.named_parameters() if p.requires_grad]
@@ -62,7 +68,6 @@ def load_trained(weights_dir: str | Path, *, ema: bool = True, device: torch.dev
         if ema and ema_state is not None:
             state = dict(zip(names, ema_state["shadow"]))
     else:
-        file = d / "ema.safetensors" if ema and (d / "ema.safetensors").is_file() else d / "weights.safetensors"
         state = load_file(str(file))
     missing = sorted(set(names) - set(state))
     unexpected = sorted(set(state) - set(names))

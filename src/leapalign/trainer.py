@@ -25,7 +25,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from leapalign import checkpoint, evaluate
+from leapalign import checkpoint, evaluate, resume_guard
 from leapalign.adapters.lora import save_lora
 from leapalign.config import TrainConfig, composite_terms, config_yaml, method_config, to_dict, validate
 from leapalign.data import PromptOrder, generator, load_prompts, spread
@@ -34,13 +34,22 @@ from leapalign.flow import inference_rollout
 from leapalign.methods import Method, get_method
 from leapalign.metrics_log import MetricsLog, read_history, truncate_history
 from leapalign.models import build_model, use_embedding_cache
+from leapalign.outputs import prepare_output_dir
 from leapalign.reference import ReferenceVelocity
 from leapalign.rewards import load_reward
 from leapalign.rewards.composite import CompositeReward
 
 
 class TrainingAborted(RuntimeError):
-    """Too many consecutive non-finite steps: the run cannot recover by skipping."""
+    """Too many consecutive non-finite steps, or non-finite weights that cannot be restored: the run cannot recover
+    by skipping, and nothing non-finite is written."""
+
+
+# A non-finite update is undone from a copy of the trainable weights and optimizer moments taken before each step
+# when they hold at most this many elements (LoRA: a few million; ~3 GiB in fp32 with both Adam moments). Full
+# fine-tuning of a large model keeps no copy, which would add 3x its trainable weights to device memory: there a
+# non-finite update aborts at once (nothing is written) and the run resumes from its last checkpoint.
+SNAPSHOT_MAX_ELEMENTS = 2**28
 
 
 @dataclass
@@ -74,6 +83,7 @@ class Run:
     params: list[torch.nn.Parameter]  # what is clipped and EMA'd (FSDP: the flat shards)
     ema: EMA | None
     reference: ReferenceVelocity | None  # the initial weights, for methods with a KL term to them
+    snapshot: bool  # keep a copy to undo a non-finite update (see SNAPSHOT_MAX_ELEMENTS)
     log: MetricsLog | None = None
 
     @property
@@ -101,47 +111,23 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     # would step it num_processes times).
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
     try:
+        path, changed = resume_point(cfg)  # before setup: a refused resume must not wait for a 12B model to load
         run = setup(cfg, accelerator)
-        counters = resume(run)
+        counters = resume(run, path, changed)
         start = counters.step
         main = accelerator.is_main_process
         run.log = MetricsLog(run.out_dir, cfg.logger, to_dict(cfg), enabled=main)
         bar = tqdm(total=cfg.iterations, initial=start, disable=not (progress and main), desc=cfg.method.name,
                    dynamic_ncols=True)
-        run.model.train()
-        for step in range(start, cfg.iterations):
-            t_step = time.perf_counter()
-            metrics = {}
-            for micro in range(cfg.grad_accum):
-                for k, v in micro_step(run, step, micro).items():
-                    metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
-            finite = optimizer_step(run, counters, metrics)
-            metrics.update(lr=run.scheduler.get_last_lr()[0], skipped_steps=counters.skipped,
-                           step_seconds=time.perf_counter() - t_step)
-            counters.step = step + 1
-            if counters.step % cfg.log_every == 0 or not finite:
-                run.log.log(counters.step, metrics)
-            bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.4f}",
-                            loss=f"{metrics.get('loss', 0):.4f}", skipped=counters.skipped)
-            bar.update(1)
-            if counters.consecutive >= cfg.max_consecutive_skips:
-                bar.close()
-                run.log.close()
-                raise TrainingAborted(
-                    f"aborted at iteration {counters.step}: {counters.consecutive} consecutive steps had a non-finite "
-                    f"loss or gradient (last grad norm {metrics['grad_norm']}, loss {metrics.get('loss')}); lower "
-                    f"optim.lr, check the reward, or resume from the last checkpoint in {run.out_dir / 'checkpoints'}")
-            if counters.step < cfg.iterations:
-                if cfg.eval.every and counters.step % cfg.eval.every == 0:
-                    run_eval(run, counters.step)
-                if cfg.save_every and counters.step % cfg.save_every == 0:
-                    save_checkpoint(run, counters)
-        bar.close()
-        counters.step = cfg.iterations
-        save_checkpoint(run, counters)
-        weights, ema_weights = save_final(run)
-        eval_metrics = run_eval(run, cfg.iterations)
-        run.log.close()
+        try:
+            loop(run, counters, bar)
+            if start < cfg.iterations:  # a resumed finished run (start == iterations) has this checkpoint already
+                save_checkpoint(run, counters)
+            weights, ema_weights = save_final(run)
+            eval_metrics = run_eval(run, cfg.iterations)
+        finally:
+            bar.close()
+            run.log.close()
         history = read_history(run.out_dir / "metrics.jsonl") if main else []
         return TrainResult(run.out_dir, weights, ema_weights, history, eval_metrics, time.perf_counter() - t_start,
                            counters.skipped, start_step=start)
@@ -150,9 +136,44 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
         AcceleratorState._reset_state()
 
 
+def loop(run: Run, counters: Counters, bar: tqdm) -> None:
+    """Iterations counters.step + 1 .. cfg.iterations: micro-steps, optimizer step, log, eval, checkpoint."""
+    cfg = run.cfg
+    run.model.train()
+    for step in range(counters.step, cfg.iterations):
+        t_step = time.perf_counter()
+        metrics = {}
+        for micro in range(cfg.grad_accum):
+            for k, v in micro_step(run, step, micro).items():
+                metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
+        finite = optimizer_step(run, counters, metrics)
+        metrics.update(lr=run.scheduler.get_last_lr()[0], skipped_steps=counters.skipped,
+                       step_seconds=time.perf_counter() - t_step)
+        counters.step = step + 1
+        if counters.step % cfg.log_every == 0 or not finite:
+            run.log.log(counters.step, metrics)
+        bar.set_postfix(reward=f"{metrics.get('reward', float('nan')):.4f}",
+                        loss=f"{metrics.get('loss', 0):.4f}", skipped=counters.skipped)
+        bar.update(1)
+        if counters.consecutive >= cfg.max_consecutive_skips:
+            raise TrainingAborted(
+                f"aborted at iteration {counters.step}: {counters.consecutive} consecutive steps had a non-finite "
+                f"loss, gradient or weight update (last grad norm {metrics['grad_norm']}, loss "
+                f"{metrics.get('loss')}); lower optim.lr, check the reward, or resume from the last checkpoint in "
+                f"{run.out_dir / 'checkpoints'}")
+        if counters.step < cfg.iterations:
+            if cfg.eval.every and counters.step % cfg.eval.every == 0:
+                run_eval(run, counters.step)
+            if cfg.save_every and counters.step % cfg.save_every == 0:
+                save_checkpoint(run, counters)
+
+
 def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
     """Model, reward, method, data, optimizer, EMA; cheap inputs first, so that a typo fails before a 12B model
     is loaded."""
+    prepare_output_dir(cfg.output_dir, "output_dir")
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     if torch.cuda.is_available():
         torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_sdp)
     device = accelerator.device
@@ -191,28 +212,50 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
                optimizer=optimizer, scheduler=scheduler, params=params,
                ema=EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None,
                # taken before resume, so it holds the base weights whatever checkpoint is loaded next
-               reference=ReferenceVelocity(velocity, params) if method.needs_reference(method_cfg) else None)
+               reference=ReferenceVelocity(velocity, params) if method.needs_reference(method_cfg) else None,
+               snapshot=sum(p.numel() for p in params) <= SNAPSHOT_MAX_ELEMENTS)
 
 
-def resume(run: Run) -> Counters:
-    """Restore the checkpoint that cfg.resume names (auto: the newest valid one), if any; trims metrics.jsonl to it."""
-    cfg, accelerator = run.cfg, run.accelerator
-    if cfg.resume == "none":
-        return Counters()
-    if cfg.resume == "auto":
-        path = checkpoint.latest_valid(run.out_dir / "checkpoints")
-        if path is None:
-            return Counters()
-    else:
+def resume_point(cfg: TrainConfig) -> tuple[Path | None, list[str]]:
+    """The checkpoint that cfg.resume names (auto/force: the newest valid one; None = fresh start) and the changed
+    safe settings, after checking that neither it nor final/ belongs to a run with other settings (resume_guard)
+    and that it is not past cfg.iterations."""
+    out_dir = Path(cfg.output_dir)
+    root = out_dir / "checkpoints"
+    path = None
+    if cfg.resume in ("auto", "force"):
+        path = checkpoint.latest_valid(root)
+    elif cfg.resume != "none":
         path = Path(cfg.resume)
         why = checkpoint.problem(path)
         if why is not None:
             raise ValueError(f"cannot resume from {path}: {why}")
+    # A fresh start would overwrite the newest checkpoint's run as well as final/.
+    saved = path or next(reversed(checkpoint.checkpoint_dirs(root)), None)
+    configs = [out_dir / "final" / "config.yaml"] + ([saved / "config.yaml"] if saved else [])
+    changed = resume_guard.check(cfg, configs, force=cfg.resume == "force")
+    step = checkpoint.step_of(path) if path is not None else 0
+    if step > cfg.iterations:
+        raise ValueError(f"checkpoint {path} is at iteration {step}, past iterations={cfg.iterations}; resuming "
+                         f"would write its state under an earlier step: set iterations >= {step}, or use a new "
+                         f"output_dir")
+    return path, changed
+
+
+def resume(run: Run, path: Path | None, changed: list[str]) -> Counters:
+    """Restore the checkpoint at `path` and trim metrics.jsonl to it; a fresh start (None) empties metrics.jsonl,
+    which a run killed before its first checkpoint may have filled."""
+    accelerator, main = run.accelerator, run.accelerator.is_main_process
+    if path is None:
+        if main:
+            truncate_history(run.out_dir / "metrics.jsonl", 0)
+        return Counters()
     state = checkpoint.load(accelerator, path)
     if run.ema is not None:
         run.ema.load_state_dict(state["ema"])
-    if accelerator.is_main_process:
-        print(f"resuming from {path} (iteration {state['step']})")
+    if main:
+        print(f"resuming from {path} (iteration {state['step']})"
+              + (f" with changed settings: {'; '.join(changed)}" if changed else ""))
         truncate_history(run.out_dir / "metrics.jsonl", state["step"])
     return Counters(state["step"], state["skipped"], state["consecutive"])
 
@@ -270,7 +313,19 @@ def optimizer_step(run: Run, counters: Counters, metrics: dict[str, float]) -> b
     metrics.update(zip(keys, reduced.tolist()), grad_norm=float(grad_norm))
     finite = all(math.isfinite(v) for v in metrics.values())
     if finite:
+        backup = _copy_state(run) if run.snapshot else None
         run.optimizer.step()
+        finite = _all_finite(run, run.params)
+        if not finite:
+            metrics["nonfinite_update"] = 1.0
+            if backup is None:
+                run.optimizer.zero_grad(set_to_none=True)
+                raise TrainingAborted(
+                    f"the optimizer step of iteration {counters.step + 1} made weights non-finite (finite loss and "
+                    f"gradient); this full fine-tuning keeps no copy to undo it (memory), so nothing more is "
+                    f"written: lower optim.lr and resume from the last checkpoint in {run.out_dir / 'checkpoints'}")
+            _restore_state(run, backup)
+    if finite:
         run.scheduler.step()
         if run.ema is not None:
             run.ema.update()
@@ -279,6 +334,34 @@ def optimizer_step(run: Run, counters: Counters, metrics: dict[str, float]) -> b
         counters.skipped, counters.consecutive = counters.skipped + 1, counters.consecutive + 1
     run.optimizer.zero_grad(set_to_none=True)
     return finite
+
+
+def _all_finite(run: Run, tensors: list[torch.Tensor]) -> bool:
+    """Whether every value on every process is finite: one fused norm per tensor, one reduction, one sync."""
+    total = sum((torch.linalg.vector_norm(t.detach(), dtype=torch.float32) for t in tensors),
+                torch.zeros((), device=run.accelerator.device))
+    return math.isfinite(float(run.accelerator.reduce(total, reduction="sum")))
+
+
+def _copy_state(run: Run) -> tuple[list[torch.Tensor], dict]:
+    """The trainable weights and their optimizer state (Adam moments, step), as they are before a step."""
+    state = run.optimizer.optimizer.state
+    moments = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in state[p].items()}
+               for p in run.params if p in state}
+    return [p.detach().clone() for p in run.params], moments
+
+
+def _restore_state(run: Run, backup: tuple[list[torch.Tensor], dict]) -> None:
+    weights, moments = backup
+    state = run.optimizer.optimizer.state
+    with torch.no_grad():
+        for p, w in zip(run.params, weights):
+            p.copy_(w)
+    for p in run.params:
+        if p in moments:
+            state[p] = moments[p]
+        else:  # the first step created it
+            state.pop(p, None)
 
 
 @contextmanager
@@ -314,7 +397,16 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
     return metrics
 
 
+def _require_finite(run: Run, what: str) -> None:
+    """Never write non-finite weights (the trainable ones and the EMA shadow) as if they were a valid state."""
+    tensors = list(run.params) + (list(run.ema.shadow) if run.ema is not None else [])
+    if not _all_finite(run, tensors):
+        raise TrainingAborted(f"not writing {what}: the weights hold non-finite values; lower optim.lr and resume "
+                              f"from the last checkpoint in {run.out_dir / 'checkpoints'}")
+
+
 def save_checkpoint(run: Run, counters: Counters) -> None:
+    _require_finite(run, f"the checkpoint of iteration {counters.step}")
     state = {"step": counters.step, "skipped": counters.skipped, "consecutive": counters.consecutive,
              "ema": run.ema.state_dict() if run.ema is not None else None}
     checkpoint.save(run.accelerator, run.out_dir / "checkpoints", counters.step, state, to_dict(run.cfg),
@@ -325,6 +417,7 @@ def save_final(run: Run) -> tuple[Path, Path | None]:
     """final/weights.safetensors, final/ema.safetensors (when kept), config.yaml and, for LoRA on a diffusers
     model, a diffusers-format LoRA (`pipe.load_lora_weights(final / "lora")`, EMA weights when kept)."""
     accelerator, ema, final = run.accelerator, run.ema, run.out_dir / "final"
+    _require_finite(run, "the final weights")
     weights, ema_path = final / "weights.safetensors", (final / "ema.safetensors" if ema is not None else None)
     state = _trainable_state(accelerator, run.model)
     with ema.swapped() if ema is not None else nullcontext():

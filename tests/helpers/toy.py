@@ -84,6 +84,7 @@ def toy_reward(path=None, *, device="cpu", dtype=torch.float32):
     """Reward factory: closeness of the image to a per-prompt colour (differentiable, prompt-dependent)."""
 
     kill_at = int(os.environ.get("LEAPALIGN_TOY_KILL_AT", "0"))  # SIGKILL this process at that call (resume test)
+    nan_from = int(os.environ.get("LEAPALIGN_TOY_NAN_FROM", "0"))  # NaN rewards from that call on (0 = never)
     calls = 0
 
     def reward(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -92,7 +93,8 @@ def toy_reward(path=None, *, device="cpu", dtype=torch.float32):
         if calls == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         target = torch.stack([torch.sigmoid(_prompt_vector(p, CHANNELS)) for p in prompts]).to(images)
-        return -((images - target[:, :, None, None]) ** 2).flatten(1).mean(1)  # (B,)
+        r = -((images - target[:, :, None, None]) ** 2).flatten(1).mean(1)  # (B,)
+        return r * float("nan") if 0 < nan_from <= calls else r
 
     return reward
 

@@ -19,9 +19,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from leapalign.config import describe, parse_overrides
     from leapalign.demo.run import QUICK, DemoConfig, run_demo
+    from leapalign.outputs import prepare_output_dir
 
     if args.list_keys:
         print("\n".join(describe(DemoConfig)))
         return 0
-    run_demo(parse_overrides(DemoConfig, args.settings, QUICK if args.quick else None), args.out)
+    cfg = parse_overrides(DemoConfig, args.settings, QUICK if args.quick else None)
+    prepare_output_dir(args.out, "--out")
+    run_demo(cfg, args.out)
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from leapalign.cli_model import add_model_arguments, load_model
 
@@ -24,10 +23,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from leapalign.data import load_prompts, spread
     from leapalign.evaluate import sample_images, save_grid, score_images
+    from leapalign.outputs import prepare_output_dir
     from leapalign.rewards import load_reward
 
     if args.num_prompts < 0:
         raise ValueError(f"--num-prompts must be >= 0, got {args.num_prompts}")
+    out = prepare_output_dir(args.out, "--out") if args.out else None
     adapter, cfg = load_model(args)
     spec = args.prompts or (cfg.eval.prompts if cfg and cfg.eval.prompts else "shapes:eval")
     prompts = spread(load_prompts(spec), args.num_prompts)
@@ -44,9 +45,7 @@ def run(args: argparse.Namespace) -> int:
               "weights": args.weights or f"base:{args.model}", "metrics": metrics}
     for key, value in sorted(metrics.items()):
         print(f"{key:28s} {value:.4f}")
-    if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+    if out is not None:
         (out / "eval.json").write_text(json.dumps(report, indent=1))
         save_grid(samples.images, out / "grid.png")
         print(f"wrote {out / 'eval.json'} and {out / 'grid.png'}")

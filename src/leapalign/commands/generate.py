@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import re
-from pathlib import Path
 
 from leapalign.cli_model import add_model_arguments, load_model
 
@@ -21,15 +20,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from leapalign.data import load_prompts
     from leapalign.evaluate import sample_images, save_png
+    from leapalign.outputs import prepare_output_dir
 
+    if any(not p.strip() for p in args.prompt):
+        raise ValueError("--prompt must not be empty; give the text of a prompt")
     prompts = list(args.prompt) + (load_prompts(args.prompts) if args.prompts else [])
     if not prompts:
         raise ValueError("give at least one --prompt TEXT or a --prompts FILE")
+    out = prepare_output_dir(args.out, "--out")
     adapter, _ = load_model(args)
     samples = sample_images(adapter, prompts, seed=args.seed, num_steps=args.steps, height=args.height,
                             width=args.width, batch_size=args.batch_size)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     for i, (prompt, image) in enumerate(zip(prompts, samples.images)):
         slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:60]
         save_png(image, out / f"{i:03d}_{slug}.png")

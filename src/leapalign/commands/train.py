@@ -38,7 +38,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if result.history or result.eval_metrics:
         last = next((r for r in reversed(result.history) if "reward" in r), {})
-        print(f"done in {result.wall_seconds:.1f} s: final reward {last.get('reward', float('nan')):.4f}, "
+        # float(): metrics.jsonl stores a non-finite value as the string 'nan'/'inf' (JSON has no NaN)
+        print(f"done in {result.wall_seconds:.1f} s: final reward {float(last.get('reward', 'nan')):.4f}, "
               f"{result.skipped_steps} skipped steps")
         if result.eval_metrics:
             print("evaluation: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.eval_metrics.items())))

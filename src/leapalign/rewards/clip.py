@@ -46,9 +46,17 @@ class ClipReward(FrozenReward):
     def dtype(self) -> torch.dtype:
         return self.model.logit_scale.dtype
 
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """images (B, 3, H, W) in [0, 1] -> model input (B, 3, S, S): short side to S, centre crop, normalise."""
+        return clip_preprocess(images, self.image_size, dtype=self.dtype)
+
+    def clean_text(self, prompt: str) -> str:
+        """The text the official scorer tokenizes (transformers' tokenizer as is here)."""
+        return prompt
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """images (B, 3, H, W) in [0, 1] -> unit image embeddings (B, D) float32, differentiable."""
-        x = clip_preprocess(images, self.image_size, dtype=self.dtype)  # (B, 3, S, S)
+        x = self.preprocess(images)  # (B, 3, S, S)
         pooled = self.model.vision_model(pixel_values=x).pooler_output  # (B, width)
         return F.normalize(self.model.visual_projection(pooled).float(), dim=-1)
 
@@ -58,7 +66,8 @@ class ClipReward(FrozenReward):
         new = [p for p in dict.fromkeys(prompts) if p not in self._text_cache]
         if new:
             device = self.model.logit_scale.device
-            tok = self.tokenizer(new, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+            tok = self.tokenizer([self.clean_text(p) for p in new], padding=True, truncation=True,
+                                 max_length=self.max_length, return_tensors="pt")
             out = self.model.text_model(
                 input_ids=tok["input_ids"].to(device), attention_mask=tok["attention_mask"].to(device)
             )
