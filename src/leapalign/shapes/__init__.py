@@ -3,7 +3,9 @@
     prompts.py       vocabulary, GenEval caption templates, parse_prompt, train/held-out splits (disjoint
                      compositions), hard-negative edits
     render.py        sample_scenes(prompts, generator) -> SceneBatch; render(scenes) -> (B, 3, S, S) in [0, 1]
-    evaluator.py     detect / check / evaluate / geneval_scores / layout_changed (never a training signal)
+    detect.py        colour segmentation, connected components, shape by template fitting -> DetectedObject
+    evaluator.py     GenEval's rules over detected objects: check / evaluate / geneval_scores / layout_changed
+                     (never a training signal)
     model.py         word-level text encoder + DiT-style rectified-flow transformer (pixel space, [-1, 1])
     reward_model.py  contrastive image-text reward model (differentiable w.r.t. pixels)
     batches.py       caption sampling and training batches made in worker processes (seeded per worker)
