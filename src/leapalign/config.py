@@ -45,7 +45,7 @@ class ModelConfig:
 
 @dataclass
 class RewardConfig:
-    name: str = _f("shapes", "reward: hpsv2, hpsv21, pickscore, clip, aesthetic, imagereward, shapes, or 'pkg.mod:fn'")
+    name: str = _f("shapes", "reward: hpsv2, hpsv21, pickscore, clip, aesthetic, imagereward, shapes, shapes-compose, or 'pkg.mod:fn'")
     path: str | None = _f(None, "reward weights file/directory (None = the reward's default location)")
     terms: list = _f([], "composite reward: a list of {name, weight, mean, std, hinge, path} mappings; the total is "
                          "sum weight * (min(r, hinge) - mean) / std and each raw r is logged; when set, name/path "

@@ -1,4 +1,5 @@
-"""`leapalign shapes ...`: pretrain ShapesWorld's flow model and reward model, evaluate a flow model."""
+"""`leapalign shapes ...`: pretrain ShapesWorld's flow model, train its reward model and scene parser, evaluate
+a flow model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 
 import torch
 
-HELP = "ShapesWorld: pretrain the base flow model (pretrain), train the reward model (reward), evaluate (eval)"
+HELP = ("ShapesWorld: pretrain the base flow model (pretrain), train the reward model (reward) or the composition "
+        "reward's scene parser (parser), evaluate (eval)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +44,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--seed", type=int, default=0, help="seed of every random draw")
     r.add_argument("--workers", type=int, default=0, help="processes making batches (0 = none)")
     r.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    q = sub.add_parser("parser", help="train the scene parser of the composition reward (shapes-compose)")
+    q.add_argument("--out", default="runs/shapes/compose", help="checkpoint path (writes .safetensors and .json)")
+    q.add_argument("--steps", type=int, default=1500, help="optimizer steps")
+    q.add_argument("--batch-size", type=int, default=48, help="scenes per step (the attacked half comes on top)")
+    q.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate")
+    q.add_argument("--adversarial-eps", type=float, default=0.12,
+                   help="max L-inf radius of the attack on half of each batch (0 = no adversarial training)")
+    q.add_argument("--adversarial-steps", type=int, default=2, help="sign-gradient ascent steps of that attack")
+    q.add_argument("--warmup", type=int, default=100, help="learning-rate warmup steps")
+    q.add_argument("--init", default=None, help="continue from this parser checkpoint")
+    q.add_argument("--seed", type=int, default=0, help="seed of every random draw")
+    q.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
     e = sub.add_parser("eval", help="GenEval-like scores and reward of a flow model on the held-out captions")
     e.add_argument("--model", default=None, help="flow checkpoint (default: the shipped base model)")
     e.add_argument("--reward-model", default=None, help="reward checkpoint (default: the shipped one)")
@@ -67,11 +81,11 @@ def _provenance(args: argparse.Namespace, start: float) -> dict:
 def _continue_from(args: argparse.Namespace, cfg, kind: str):
     """--init: (the loaded model, whose network shape cfg.model takes, and its provenance for `earlier_stages`);
     (None, []) for a fresh model."""
-    from leapalign.shapes.checkpoint import load_flow_model, load_reward_model, model_info
+    from leapalign.shapes.checkpoint import load_flow_model, load_parser, load_reward_model, model_info
 
     if not args.init:
         return None, []
-    init = {"flow": load_flow_model, "reward": load_reward_model}[kind](args.init, args.device)
+    init = {"flow": load_flow_model, "reward": load_reward_model, "parser": load_parser}[kind](args.init, args.device)
     cfg.model = init.cfg
     return init, [model_info(args.init, kind)]
 
@@ -117,6 +131,27 @@ def _reward(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parser(args: argparse.Namespace) -> int:
+    from leapalign.shapes.checkpoint import save_model
+    from leapalign.shapes.parser_eval import compose_accuracy, compose_hackability
+    from leapalign.shapes.parser_train import ParserTrainConfig, train_parser
+
+    cfg = ParserTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                            device=args.device, adversarial_eps=args.adversarial_eps,
+                            adversarial_steps=args.adversarial_steps, warmup=args.warmup)
+    init, history = _continue_from(args, cfg, "parser")
+    start = time.time()
+    model = train_parser(cfg, _progress(start), lambda step, m: save_model(
+        m, args.out, {**_provenance(args, start), "steps": step, "earlier_stages": history}), init)
+    info = _provenance(args, start)
+    model = model.cpu()
+    info["accuracy"] = {k: {m: round(v, 4) for m, v in d.items()} for k, d in compose_accuracy(model).items()}
+    info["hackability"] = {k: round(v, 4) for k, v in compose_hackability(model).items()}
+    save_model(model, args.out, {**info, "steps": cfg.steps, "earlier_stages": history})
+    print(f"saved {args.out}.safetensors  (accuracy {info['accuracy']}, hackability {info['hackability']})")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from leapalign.adapters.shapes import ShapesAdapter
     from leapalign.rewards.shapes import ShapesReward
@@ -150,4 +185,4 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"pretrain": _pretrain, "reward": _reward, "eval": _eval}[args.shapes_command](args)
+    return {"pretrain": _pretrain, "reward": _reward, "parser": _parser, "eval": _eval}[args.shapes_command](args)

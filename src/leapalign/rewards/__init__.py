@@ -22,6 +22,7 @@ REWARDS: dict[str, str] = {
     "aesthetic": "leapalign.rewards.aesthetic:AestheticReward",
     "imagereward": "leapalign.rewards.imagereward:ImageRewardReward",
     "shapes": "leapalign.rewards.shapes:ShapesReward",
+    "shapes-compose": "leapalign.rewards.shapes_compose:ShapesComposeReward",
 }
 
 

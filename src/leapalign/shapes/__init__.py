@@ -12,7 +12,11 @@
     pretrain.py      pretrain_flow: the base model's rectified-flow loop (`leapalign shapes pretrain`)
     reward_train.py  train_reward (contrastive + hard negatives + adversarial/noise ranking), reward_accuracy,
                      reward_hackability (`leapalign shapes reward`)
-    checkpoint.py    save_model, load_flow_model, load_reward_model; the shipped files are in assets/shapes/
+    parser.py        scene parser (soft colour x shape maps and object-centre densities) and compose_score, GenEval's
+                     rules made soft: the composition reward `shapes-compose`
+    parser_train.py  train_parser: augmented renders + adversarial half-batches (`leapalign shapes parser`)
+    parser_eval.py   compose_accuracy, compose_hackability, auc (the judge's side; may use the evaluator)
+    checkpoint.py    save_model, load_flow_model, load_reward_model, load_parser; shipped files in assets/shapes/
 
 Typical use (the shipped models; adapter and reward follow the library's protocols):
 
