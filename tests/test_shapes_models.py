@@ -7,7 +7,7 @@ from leapalign.adapters.shapes import ShapesAdapter
 from leapalign.flow import sample_trajectory
 from leapalign.rewards.shapes import ShapesReward
 from leapalign.shapes.checkpoint import SHIPPED, load_flow_model, load_reward_model, save_model
-from leapalign.shapes.evaluator import facts, requirements, scene_objects
+from leapalign.shapes.evaluator import check, scene_objects
 from leapalign.shapes.model import FlowModelConfig, ShapesFlowModel, TextEncoderConfig, tokenize
 from leapalign.shapes.batches import sample_prompts
 from leapalign.shapes.pretrain import FlowPretrainConfig, pretrain_flow
@@ -114,10 +114,10 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
 def test_hard_negatives_are_false_and_training_learns_them():
     g = torch.Generator().manual_seed(0)
     prompts = sample_prompts(64, g)
-    truth = [facts(o) for o in scene_objects(sample_scenes(prompts, g))]
+    truth = scene_objects(sample_scenes(prompts, g))
     for p, t in zip(prompts, truth):
-        assert requirements(p) <= t
-        assert any(not requirements(q) <= t for q in perturbations(p))
+        assert check(p, t)
+        assert any(not check(q, t) for q in perturbations(p))
     cfg = RewardTrainConfig(steps=40, batch_size=32, lr=3e-3, warmup=5, log_every=40,
                             model=RewardModelConfig(image_size=16, width=8, embed_dim=32, text=TEXT))
     logs = []

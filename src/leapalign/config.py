@@ -44,7 +44,8 @@ class ModelConfig:
 
 @dataclass
 class RewardConfig:
-    name: str = option("shapes", "reward: hpsv2, hpsv21, pickscore, clip, aesthetic, imagereward, shapes, or 'pkg.mod:fn'")
+    name: str = option("shapes", "reward: hpsv2, hpsv21, pickscore, clip, aesthetic, imagereward, detector, shapes, "
+                                 "shapes-compose, or 'pkg.mod:fn'")
     path: str | None = option(None, "reward weights file/directory (None = the reward's default location)")
     terms: list = option([], "composite reward: a list of {name, weight, mean, std, hinge, path} mappings; the total is "
                          "sum weight * (min(r, hinge) - mean) / std and each raw r is logged; when set, name/path "

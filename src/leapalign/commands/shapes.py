@@ -1,4 +1,5 @@
-"""`leapalign shapes ...`: pretrain ShapesWorld's flow model and reward model, evaluate a flow model."""
+"""`leapalign shapes ...`: pretrain ShapesWorld's flow model, train its reward model and scene parser, evaluate
+a flow model."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import time
 
 import torch
 
-HELP = "ShapesWorld: pretrain the base flow model (pretrain), train the reward model (reward), evaluate (eval)"
+HELP = ("ShapesWorld: pretrain the base flow model (pretrain), train the reward model (reward) or the composition "
+        "reward's scene parser (parser), evaluate (eval)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r = sub.add_parser("reward", help="train the contrastive reward model with hard negatives")
     r.add_argument("--out", default="runs/shapes/reward", help="checkpoint path (writes .safetensors and .json)")
     _loop_arguments(r, "reward", "e.g. steps=2600 robust_weight=1 adversarial_train=0.1 device=cuda")
+    q = sub.add_parser("parser", help="train the scene parser of the composition reward (shapes-compose)")
+    q.add_argument("--out", default="runs/shapes/compose", help="checkpoint path (writes .safetensors and .json)")
+    _loop_arguments(q, "parser", "e.g. steps=1000 adversarial_eps=0.12 device=cuda")
     e = sub.add_parser("eval", help="GenEval-like scores and reward of a flow model on the held-out captions")
     e.add_argument("--model", default=None, help="flow checkpoint (default: the shipped base model)")
     e.add_argument("--reward-model", default=None, help="reward checkpoint (default: the shipped one)")
@@ -64,11 +69,11 @@ def _provenance(cfg, start: float) -> dict:
 def _continue_from(args: argparse.Namespace, cfg, kind: str):
     """--init: (the loaded model, whose network shape cfg.model takes, and its provenance for `earlier_stages`);
     (None, []) for a fresh model."""
-    from leapalign.shapes.checkpoint import load_flow_model, load_reward_model, model_info
+    from leapalign.shapes.checkpoint import load_flow_model, load_parser, load_reward_model, model_info
 
     if not args.init:
         return None, []
-    init = {"flow": load_flow_model, "reward": load_reward_model}[kind](args.init, cfg.device)
+    init = {"flow": load_flow_model, "reward": load_reward_model, "parser": load_parser}[kind](args.init, cfg.device)
     cfg.model = init.cfg
     return init, [model_info(args.init, kind)]
 
@@ -113,6 +118,27 @@ def _reward(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parser(args: argparse.Namespace) -> int:
+    from leapalign.shapes.checkpoint import save_model
+    from leapalign.shapes.parser_eval import compose_accuracy, compose_hackability
+    from leapalign.shapes.parser_train import ParserTrainConfig, train_parser
+
+    cfg = _loop_config(args, ParserTrainConfig, {})
+    if cfg is None:
+        return 0
+    init, history = _continue_from(args, cfg, "parser")
+    start = time.time()
+    model = train_parser(cfg, _progress(start), lambda step, m: save_model(
+        m, args.out, {**_provenance(cfg, start), "steps": step, "earlier_stages": history}), init)
+    info = _provenance(cfg, start)
+    model = model.cpu()
+    info["accuracy"] = {k: {m: round(v, 4) for m, v in d.items()} for k, d in compose_accuracy(model).items()}
+    info["hackability"] = {k: round(v, 4) for k, v in compose_hackability(model).items()}
+    save_model(model, args.out, {**info, "steps": cfg.steps, "earlier_stages": history})
+    print(f"saved {args.out}.safetensors  (accuracy {info['accuracy']}, hackability {info['hackability']})")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from leapalign.adapters.shapes import ShapesAdapter
     from leapalign.rewards.shapes import ShapesReward
@@ -146,4 +172,4 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    return {"pretrain": _pretrain, "reward": _reward, "eval": _eval}[args.shapes_command](args)
+    return {"pretrain": _pretrain, "reward": _reward, "parser": _parser, "eval": _eval}[args.shapes_command](args)

@@ -23,6 +23,7 @@ REWARDS: dict[str, str] = {
     "imagereward": "leapalign.rewards.imagereward:ImageRewardReward",
     "shapes": "leapalign.rewards.shapes:ShapesReward",
     "detector": "leapalign.rewards.detector:DetectorReward",
+    "shapes-compose": "leapalign.rewards.shapes_compose:ShapesComposeReward",
 }
 
 

@@ -3,14 +3,20 @@
     prompts.py       vocabulary, GenEval caption templates, parse_prompt, train/held-out splits (disjoint
                      compositions), hard-negative edits
     render.py        sample_scenes(prompts, generator) -> SceneBatch; render(scenes) -> (B, 3, S, S) in [0, 1]
-    evaluator.py     detect / check / evaluate / geneval_scores / layout_changed (never a training signal)
+    detect.py        colour segmentation, connected components, shape by template fitting -> DetectedObject
+    evaluator.py     GenEval's rules over detected objects: check / evaluate / geneval_scores / layout_changed
+                     (never a training signal)
     model.py         word-level text encoder + DiT-style rectified-flow transformer (pixel space, [-1, 1])
     reward_model.py  contrastive image-text reward model (differentiable w.r.t. pixels)
     batches.py       caption sampling and training batches made in worker processes (seeded per worker)
     pretrain.py      pretrain_flow: the base model's rectified-flow loop (`leapalign shapes pretrain`)
     reward_train.py  train_reward (contrastive + hard negatives + adversarial/noise ranking), reward_accuracy,
                      reward_hackability (`leapalign shapes reward`)
-    checkpoint.py    save_model, load_flow_model, load_reward_model; the shipped files are in assets/shapes/
+    parser.py        scene parser (soft colour x shape maps and object-centre densities) and compose_score, GenEval's
+                     rules made soft: the composition reward `shapes-compose`
+    parser_train.py  train_parser: augmented renders + adversarial half-batches (`leapalign shapes parser`)
+    parser_eval.py   compose_accuracy, compose_hackability, auc (the judge's side; may use the evaluator)
+    checkpoint.py    save_model, load_flow_model, load_reward_model, load_parser; shipped files in assets/shapes/
 
 Typical use (the shipped models; adapter and reward follow the library's protocols):
 

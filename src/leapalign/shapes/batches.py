@@ -16,7 +16,7 @@ from typing import TypeVar
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from leapalign.shapes.evaluator import facts, requirements, scene_objects
+from leapalign.shapes.evaluator import check, scene_objects
 from leapalign.shapes.prompts import CATEGORIES, Prompt, all_prompts, perturbations
 from leapalign.shapes.render import render, sample_scenes
 
@@ -68,16 +68,15 @@ def reward_batch(g: torch.Generator, *, batch_size: int, size: int, hard_negativ
     real ones) and `same_truth` (B, B) bool: caption j (j != i) also holds for scene i."""
     prompts = sample_prompts(batch_size, g)
     scenes = sample_scenes(prompts, g, size)
-    truth = [facts(objs) for objs in scene_objects(scenes)]
+    truth = scene_objects(scenes)
     h = hard_negatives
     negs, neg_ok = [], torch.zeros(batch_size, h, dtype=torch.bool)
     for i, p in enumerate(prompts):
-        false = [q for q in perturbations(p) if not requirements(q) <= truth[i]]
+        false = [q for q in perturbations(p) if not check(q, truth[i])]
         chosen = [false[j].text for j in torch.randperm(len(false), generator=g)[:h].tolist()]
         neg_ok[i, : len(chosen)] = True
         negs += chosen + [p.text] * (h - len(chosen))
-    needs = [requirements(p) for p in prompts]
-    same_truth = torch.tensor([[j != i and needs[j] <= truth[i] for j in range(batch_size)]
+    same_truth = torch.tensor([[j != i and check(prompts[j], truth[i]) for j in range(batch_size)]
                                for i in range(batch_size)])
     return {"images": render(scenes), "texts": [p.text for p in prompts], "negatives": negs, "neg_ok": neg_ok,
             "same_truth": same_truth}

@@ -1,7 +1,7 @@
 """Saving and loading ShapesWorld models: weights in safetensors, config and provenance in a JSON sidecar.
 
-The shipped checkpoints live in leapalign/assets/shapes/ (flow.* and reward.*); each JSON records the exact
-command and seed that regenerate it and how long that took.
+The shipped checkpoints live in leapalign/assets/shapes/ (flow.*, reward.* and the scene parser compose.*); each
+JSON records the exact command and seed that regenerate it and how long that took.
 """
 
 from __future__ import annotations
@@ -14,20 +14,24 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from leapalign.shapes.model import FlowModelConfig, ShapesFlowModel
+from leapalign.shapes.parser import ParserConfig, ShapesParser
 from leapalign.shapes.reward_model import RewardModelConfig, ShapesRewardModel
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "shapes"
-SHIPPED = {"flow": ASSETS / "flow.safetensors", "reward": ASSETS / "reward.safetensors"}
+SHIPPED = {"flow": ASSETS / "flow.safetensors", "reward": ASSETS / "reward.safetensors",
+           "parser": ASSETS / "compose.safetensors"}
+_KINDS = {ShapesFlowModel: "flow", ShapesRewardModel: "reward", ShapesParser: "parser"}
+_REGENERATE = {"flow": "pretrain", "reward": "reward", "parser": "parser"}
 
 
-def save_model(model: ShapesFlowModel | ShapesRewardModel, path: str | Path, info: dict) -> None:
+def save_model(model: ShapesFlowModel | ShapesRewardModel | ShapesParser, path: str | Path, info: dict) -> None:
     """Write PATH (weights, float16 to keep the repository small) and PATH.json (kind, config, `info`).
 
     Both files are written to temporary names and renamed, so an interrupted save leaves no half file.
     """
     path = Path(path).with_suffix(".safetensors")
     path.parent.mkdir(parents=True, exist_ok=True)
-    kind = "flow" if isinstance(model, ShapesFlowModel) else "reward"
+    kind = _KINDS[type(model)]
     meta = {"kind": kind, "config": model.cfg.to_dict(), **info}
     tensors = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
     tmp_w, tmp_j = path.with_name(path.name + ".tmp"), path.with_suffix(".json.tmp")
@@ -42,7 +46,7 @@ def _load(path: str | Path | None, kind: str) -> tuple[dict, dict]:
     side = p.with_suffix(".json")
     if not p.is_file() or not side.is_file():
         raise FileNotFoundError(f"ShapesWorld {kind} checkpoint not found: need {p} and {side} "
-                                f"(regenerate with `leapalign shapes {'pretrain' if kind == 'flow' else 'reward'}`)")
+                                f"(regenerate with `leapalign shapes {_REGENERATE[kind]}`)")
     meta = json.loads(side.read_text())
     if meta.get("kind") != kind:
         raise ValueError(f"{p} holds a '{meta.get('kind')}' model, not a '{kind}' model")
@@ -61,6 +65,14 @@ def load_reward_model(path: str | Path | None = None, device: str | torch.device
     """The shipped (path=None) or a saved ShapesWorld reward model, float32, eval mode, frozen."""
     meta, state = _load(path, "reward")
     model = ShapesRewardModel(RewardModelConfig(**meta["config"]))
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.to(device).eval().requires_grad_(False)
+
+
+def load_parser(path: str | Path | None = None, device: str | torch.device = "cpu") -> ShapesParser:
+    """The shipped (path=None) or a saved ShapesWorld scene parser, float32, eval mode, frozen."""
+    meta, state = _load(path, "parser")
+    model = ShapesParser(ParserConfig(**meta["config"]))
     model.load_state_dict({k: v.float() for k, v in state.items()})
     return model.to(device).eval().requires_grad_(False)
 

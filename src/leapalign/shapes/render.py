@@ -113,7 +113,7 @@ def sample_scenes(prompts: list[Prompt], generator: torch.Generator, size: int =
     return SceneBatch(shapes=shapes, colors=colors, centers=centers, radii=radii, size=size)
 
 
-def _signed_distance(shape: torch.Tensor, px: torch.Tensor, py: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+def signed_distance(shape: torch.Tensor, px: torch.Tensor, py: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """Per-pixel signed distance (negative inside) of each object; px, py (B, N, H, W) relative to the centre."""
     circle = torch.sqrt(px ** 2 + py ** 2) - r
     square = torch.maximum(px.abs(), py.abs()) - r
@@ -131,7 +131,7 @@ def render(scenes: SceneBatch, device: torch.device | str = "cpu") -> torch.Tens
     py = coords[None, None, :, None] - centers[..., 1, None, None]  # (B, N, S, 1)
     px, py = torch.broadcast_tensors(px, py)  # (B, N, S, S)
     shape = scenes.shapes.to(device)[..., None, None]
-    sd = _signed_distance(shape, px, py, scenes.radii.to(device)[..., None, None])
+    sd = signed_distance(shape, px, py, scenes.radii.to(device)[..., None, None])
     cover = (0.5 - sd).clamp(0, 1) * (shape >= 0)  # (B, N, S, S): one-pixel linear ramp = anti-aliasing
     palette = torch.tensor([PALETTE[c] for c in COLORS], device=device)
     rgb = palette[scenes.colors.to(device)]  # (B, N, 3)
