@@ -58,3 +58,18 @@ def test_lora_run_exports_a_diffusers_lora_with_the_trained_outputs(tmp_path, fl
         trained_v = trained.velocity(x, sigma, trained.encode_prompts(["prompt number 1", "prompt number 4"]))
     assert (trained_v - base_v).abs().max() > 1e-4  # training changed the model
     torch.testing.assert_close(lora_v, trained_v, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("method,args", [("flow_grpo", {"group_size": 2, "kl_beta": 0.04}),
+                                         ("mix_grpo", {"group_size": 2, "window_size": 1})])
+def test_grpo_family_trains_a_flux_lora_with_a_kl_reference(tmp_path, flux_dir, method, args):
+    # a 3-step rollout: two SDE steps (the last is deterministic); the KL reference is the LoRA at zero
+    cfg = flux_config(tmp_path, flux_dir, iterations=2, ema_decay=0.0, method__name=method, method__args=args,
+                      model={"adapter": "flux", "path": str(flux_dir), "height": 32, "width": 32, "num_steps": 3,
+                             "lora_rank": 4, "lora_alpha": 4.0})
+    result = train(cfg, progress=False)
+    steps = [r for r in result.history if "loss" in r]
+    assert len(steps) == 2 and all(r["skipped_steps"] == 0 for r in steps)
+    assert "kl" not in steps[0] or steps[0]["kl"] == 0  # the first update starts at the reference itself
+    weights = load_file(str(result.weights))
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items())  # B left zero
