@@ -10,6 +10,7 @@ path, so the two paths compute bit-identical results (tests/test_demo.py).
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -116,6 +117,7 @@ def _run(job: Job) -> JobResult:
     if job.method is None:
         adapter = base
     else:
+        shutil.rmtree(job.out_dir, ignore_errors=True)  # a rerun into the same folder starts clean
         res = train(train_config(job), progress=False)
         history, train_seconds = res.history, res.wall_seconds
         adapter, _ = load_trained(res.output_dir / "final", ema=job.ema_decay > 0)
