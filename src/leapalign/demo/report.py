@@ -108,9 +108,10 @@ def plot_why(report: dict, path: Path) -> None:
         if h and sum(h["raised"]) + sum(h["other"]):
             steps = torch.arange(len(h["raised"]))
             total = torch.tensor(h["raised"]) + torch.tensor(h["other"])
-            b.plot(steps, total / total.sum(), marker="o", label=f"{name} (all updates)")
+            (line,) = b.plot(steps, total / total.sum(), marker="o", label=f"{name} (all updates)")
             raised = torch.tensor(h["raised"], dtype=torch.float)
-            b.plot(steps, raised / raised.sum().clamp(min=1), ls="--", label=f"{name} (next reward rose)")
+            b.plot(steps, raised / raised.sum().clamp(min=1), ls="--", color=line.get_color(),
+                   label=f"{name} (next reward rose)")
     a.set(xlabel="rollout step i (0 = pure noise)", ylabel="(s_i - s_i+1) mean |v - v_base|",
           title="what fine-tuning changed, per step")
     b.set(xlabel="step of the update (LeapAlign k, ReFL t, DRTune first step)", ylabel="share of updates",

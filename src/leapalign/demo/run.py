@@ -112,6 +112,9 @@ def entries(cfg: DemoConfig, ablation: bool) -> list[Entry]:
     out = []
     for m in cfg.methods:
         args = {"alpha": cfg.alpha} if m == "leapalign" else {"group_size": cfg.grpo_group} if m in GRPO else {}
+        if m == "mix_grpo":  # MixGRPO's window of 4 steps, sliding over all SDE steps once during training
+            window = min(4, cfg.num_steps - 1)
+            args.update(window_size=window, shift_interval=max(1, cfg.iterations // (cfg.num_steps - window)))
         out.append(Entry(m, m, args))
     return out
 
@@ -135,6 +138,11 @@ def _scores(res: JobResult, cs: protocol.CaptionSet, base: JobResult | None) -> 
     if base is not None:
         out.update(analysis.layout_stats(base.objects, res.objects))
     return out
+
+
+def _loop_seconds(res: JobResult) -> float:
+    """Time in the training loop proper (sum of the logged step times; setup and model loading excluded)."""
+    return sum(h.get("step_seconds", 0.0) for h in res.history)
 
 
 class Demo:
@@ -200,10 +208,10 @@ class Demo:
         grpo = [e for e in self.entries if e.method in GRPO]
         ref = next((e.name for e in self.entries if e.method == "leapalign"), None)
         if c.equal_time and grpo and ref is not None:
-            ref_time = statistics.fmean(r.train_seconds for r in runs[ref])
+            ref_time = statistics.fmean(_loop_seconds(r) for r in runs[ref])
             timed = []
             for e in grpo:
-                per_iter = statistics.fmean(r.train_seconds for r in runs[e.name]) / c.iterations
+                per_iter = statistics.fmean(_loop_seconds(r) for r in runs[e.name]) / c.iterations
                 n = max(1, round(ref_time / per_iter))
                 timed += [self.job(e, s, chosen[e.name], n, self.held, c.eval_seed, "_time", self.probe)
                           for s in c.seeds]
