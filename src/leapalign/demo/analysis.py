@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 import statistics
 
+from leapalign.demo.protocol import category_means
+
 
 def match_objects(before: list, after: list) -> tuple[list[float], int]:
     """(centre distances of the matched pairs, number of unmatched objects on either side)."""
@@ -57,3 +59,22 @@ def step_histogram(histories: list[list[dict]], key_fn, num_steps: int) -> dict[
                 continue
             (raised if nxt["reward"] > now["reward"] else other)[round(step)] += 1
     return {"raised": raised, "other": other}
+
+
+def seed_stats(runs: list[dict]) -> dict:
+    """Mean over seeds of every numeric metric, the sample std under 'std', the runs under 'per_seed'."""
+    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
+    mean = {k: statistics.fmean(r[k] for r in runs) for k in keys}
+    std = {k: statistics.stdev([r[k] for r in runs]) if len(runs) > 1 else 0.0 for k in keys}
+    return {**mean, "std": std, "per_seed": runs}
+
+
+def run_scores(res, cs, base) -> dict:
+    """One job's scores (a parallel.JobResult on a protocol.CaptionSet): reward, GenEval-like per category and
+    overall, times, and, given the base model's result on the same samples, layout change and displacement."""
+    out = {"reward": float(res.rewards.mean()), **category_means(res.correct, cs),
+           "train_seconds": res.train_seconds, "eval_seconds": res.eval_seconds,
+           "wall_seconds": res.train_seconds + res.eval_seconds, "iterations": res.job.iterations}
+    if base is not None:
+        out.update(layout_stats(base.objects, res.objects))
+    return out

@@ -20,12 +20,10 @@ SHORT = {"single_object": "single", "two_object": "two obj", "counting": "count"
 
 def summarise(demo, chosen: dict, tuning: list[dict], base, runs: dict) -> dict:
     """The report's numbers: per entry mean ± std over seeds, paired differences, tuning, reach, why."""
-    from leapalign.demo.run import _scores, _stats
-
     cfg, held = demo.cfg, demo.held
-    methods = {"base": _stats([_scores(base, held, None)])}
+    methods = {"base": analysis.seed_stats([analysis.run_scores(base, held, None)])}
     for name, results in runs.items():
-        methods[name] = _stats([_scores(r, held, base) for r in results])
+        methods[name] = analysis.seed_stats([analysis.run_scores(r, held, base) for r in results])
     ref = demo.entries[0].name
     paired = {}
     for name, results in [("base", [base] * len(runs[ref])), *runs.items()]:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from leapalign.demo import analysis, protocol
 from leapalign.demo.parallel import Job, JobResult, Pool
+from leapalign.demo.report import summarise, write_report
 from leapalign.methods import get_method
 from leapalign.types import option
 
@@ -29,7 +30,7 @@ GRPO = ("flow_grpo", "mix_grpo")
 @dataclass
 class DemoConfig:
     methods: list = option(["leapalign", "refl", "draft_lv", "drtune"], "compared methods; the first is the "
-                           "reference of the paired differences (add flow_grpo, mix_grpo for the policy-gradient family)")
+                           "reference of the paired differences (add flow_grpo, mix_grpo: policy-gradient family)")
     seeds: list = option([0, 1, 2], "training seeds of the final runs (>= 3 for the protocol)")
     iterations: int = option(40, "optimizer steps per method and seed (equal budget)")
     batch_size: int = option(8, "samples per iteration; GRPO: batch_size / grpo_group prompts x grpo_group samples")
@@ -123,23 +124,6 @@ def _log(msg: str, start: float) -> None:
     print(f"[{time.perf_counter() - start:6.0f}s] {msg}", flush=True)
 
 
-def _stats(runs: list[dict]) -> dict:
-    """Mean over seeds of every numeric metric, the sample std under 'std', the runs under 'per_seed'."""
-    keys = [k for k, v in runs[0].items() if isinstance(v, (int, float))]
-    mean = {k: statistics.fmean(r[k] for r in runs) for k in keys}
-    std = {k: statistics.stdev([r[k] for r in runs]) if len(runs) > 1 else 0.0 for k in keys}
-    return {**mean, "std": std, "per_seed": runs}
-
-
-def _scores(res: JobResult, cs: protocol.CaptionSet, base: JobResult | None) -> dict:
-    out = {"reward": float(res.rewards.mean()), **protocol.category_means(res.correct, cs),
-           "train_seconds": res.train_seconds, "eval_seconds": res.eval_seconds,
-           "wall_seconds": res.train_seconds + res.eval_seconds, "iterations": res.job.iterations}
-    if base is not None:
-        out.update(analysis.layout_stats(base.objects, res.objects))
-    return out
-
-
 def _loop_seconds(res: JobResult) -> float:
     """Time in the training loop proper (sum of the logged step times; setup and model loading excluded)."""
     return sum(h.get("step_seconds", 0.0) for h in res.history)
@@ -182,8 +166,9 @@ class Demo:
                  self.job(None, 0, 0.0, 0, self.held, c.eval_seed, "_heldout")]
         results = self.pool.map(jobs)
         base_val, base_held = results[-2], results[-1]
-        table = [{"entry": "base", "lr": None, **_scores(base_val, self.val, None)}]
-        table += [{"entry": r.job.name, "lr": r.job.lr, **_scores(r, self.val, base_val)} for r in results[:-2]]
+        table = [{"entry": "base", "lr": None, **analysis.run_scores(base_val, self.val, None)}]
+        table += [{"entry": r.job.name, "lr": r.job.lr, **analysis.run_scores(r, self.val, base_val)}
+                  for r in results[:-2]]
         fixed = c.lr if c.lr is not None else c.lrs[0]
         chosen = {e.name: fixed for e in self.entries}
         for e in tuned:
@@ -223,8 +208,6 @@ class Demo:
 def run_demo(cfg: DemoConfig, out: str | Path, *, ablation: bool = False) -> dict:
     """Tune, train every entry for every seed, evaluate once on held-out captions; write out/report.json,
     report.md and the sample grids."""
-    from leapalign.demo.report import summarise, write_report
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
