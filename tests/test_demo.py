@@ -86,3 +86,16 @@ def test_demo_bad_settings_exit_2(tmp_path, capsys, bad):
     err = capsys.readouterr().err.strip()
     assert err.startswith("leapalign demo: error:") and "\n" not in err
     assert not (tmp_path / "d").exists()  # nothing half-written
+
+
+@pytest.mark.slow
+def test_demo_grpo_rows_at_equal_iterations_and_equal_time(tmp_path):
+    out = tmp_path / "grpo"
+    assert main(["demo", "--out", str(out), "methods=leapalign,flow_grpo,mix_grpo", "workers=1", *TINY,
+                 "seeds=0", "batch_size=4", "num_steps=4", "lrs=1e-5"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    timed = [n for n in report["methods"] if "equal time" in n]
+    assert len(timed) == 2 and all(n.split()[0] in ("flow_grpo", "mix_grpo") for n in timed)
+    e = report["entries"]["flow_grpo"]
+    assert e["iterations"] == 2 and e["batch"] == "1 prompts x 4 samples"  # 4 samples per iteration, like LeapAlign
+    assert e["reach"].startswith("SDE steps 0-2")
