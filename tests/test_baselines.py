@@ -86,7 +86,7 @@ def test_draft_lv_adds_renoised_last_step_gradients():
 
 def test_refl_equals_one_step_prediction():
     model, noise, cond, reward, sig = setup()
-    cfg = METHODS["refl"].config(n_last=3)
+    cfg = METHODS["refl"].config(late_fraction=0.5)  # T = 6: the last 3 steps
     out = METHODS["refl"].step(model, noise, sig, cond, reward, cfg, torch.Generator().manual_seed(4))
     t = int(out.metrics["t"])
     assert T - 3 <= t <= T - 1
@@ -163,7 +163,7 @@ def test_registry_and_config_errors():
     assert set(METHODS) == {"leapalign", "refl", "draft", "draft_lv", "drtune", "full", "flow_grpo", "mix_grpo"}
     with pytest.raises(ValueError, match="leapalign, refl"):
         get_method("leap")
-    for name, bad in [("refl", {"n_last": 0}), ("draft", {"k": 0}), ("draft_lv", {"n_extra": -1}),
+    for name, bad in [("refl", {"late_fraction": 0.0}), ("drtune", {"late_fraction": 1.5}), ("draft", {"k": 0}), ("draft_lv", {"n_extra": -1}),
                       ("drtune", {"k": 0}), ("full", {"hinge": "high"})]:
         with pytest.raises(ValueError):
             METHODS[name].config(**bad)
@@ -195,3 +195,20 @@ def test_drtune_always_reaches_k_training_steps(steps):
                                      torch.Generator().manual_seed(seed))
         assert out.loss.requires_grad
         assert 1 <= out.metrics["t_min"] <= steps - 1 and out.metrics["first_train_step"] <= out.metrics["t_min"]
+
+
+@pytest.mark.parametrize("name,key", [("refl", "t"), ("drtune", "t_min")])
+def test_late_window_is_a_fraction_of_the_schedule(name, key):
+    # The paper's operating point (t from the last 11 of 25 steps) at the demo's T = 10: never the first half.
+    model = MLPField(D, seed=0)
+    noise, cond = torch.randn(2, D, dtype=torch.float64), torch.randn(2, D, dtype=torch.float64)
+    reward = quadratic_reward(torch.zeros(2, D, dtype=torch.float64))
+    cfg = METHODS[name].config()
+    assert cfg.late_fraction == 0.44
+    for steps, window in [(10, set(range(6, 10))), (25, set(range(14, 25)))]:
+        sig = sigma_schedule(steps, shift=3.0, dtype=torch.float64)
+        with torch.no_grad():
+            drawn = {int(METHODS[name].step(model, noise, sig, cond, reward, cfg, torch.Generator().manual_seed(s))
+                         .metrics[key]) for s in range(200)}
+        assert drawn == window, (steps, sorted(drawn))  # every late step reached, no other
+        assert min(drawn) >= steps // 2

@@ -41,7 +41,7 @@ def test_every_config_dataclass_declares_help_the_same_way(cls):
 
 def test_list_keys_shows_the_chosen_methods_fields():
     lines = describe_train(load_config(None, ["method.name=refl"]))
-    assert any(line.startswith("method.args.n_last = 11: ") for line in lines)
+    assert any(line.startswith("method.args.late_fraction = 0.44: ") for line in lines)
     assert not any(line.startswith("method.args.alpha") for line in lines)
     assert any(line.startswith("method.args.alpha = 0.3: ") for line in describe_train(load_config(None)))
 

@@ -201,3 +201,51 @@ def test_bad_arguments_raise_clear_errors():
         leap_objective(lambda x, s, c: x[:, :2], traj, 1, 2, reward, cfg)
     with pytest.raises(ValueError, match="allowed leap range"):
         sample_pair(T, torch.Generator(), min_step=T - 1)
+
+
+@pytest.mark.parametrize("weighting,expected", [("both", lambda dj, d0: 1 / (dj.clamp(min=0.1) + d0.clamp(min=0.1))),
+                                                ("j", lambda dj, d0: 1 / dj.clamp(min=0.1)),
+                                                ("none", lambda dj, d0: torch.ones_like(dj)),
+                                                (True, lambda dj, d0: 1 / (dj.clamp(min=0.1) + d0.clamp(min=0.1))),
+                                                (False, lambda dj, d0: torch.ones_like(dj))])
+def test_weighting_formula(weighting, expected):
+    from leapalign.methods.leapalign import similarity_weight
+    from leapalign.types import Trajectory
+
+    latents = torch.zeros(3, 4, 2, dtype=torch.float64)  # T = 2, B = 4
+    xhat_j = torch.tensor([[0.05, 0.05], [0.3, 0.1], [1.0, 1.0], [2.0, 0.0]], dtype=torch.float64)
+    xhat_0 = torch.tensor([[0.0, 0.0], [0.5, 0.5], [-0.2, 0.0], [0.3, 0.3]], dtype=torch.float64)
+    cfg = LeapAlignConfig(weighting=weighting)
+    w, d_j, d_0 = similarity_weight(Trajectory(latents, torch.tensor([1.0, 0.5, 0.0])), 1, xhat_j, xhat_0, cfg)
+    torch.testing.assert_close(d_j, torch.tensor([0.05, 0.2, 1.0, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(d_0, torch.tensor([0.0, 0.5, 0.1, 0.3], dtype=torch.float64))
+    torch.testing.assert_close(w, expected(d_j, d_0))
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        LeapAlignConfig(weighting="d0")
+
+
+def test_one_leap_is_the_pair_k_T():
+    # leaps=1: xhat_0 = x_k - s_k v(x_k, s_k), value x_0, gradient -s_k dv_k/dtheta (ReFL's, on the real sample)
+    from leapalign.methods.leapalign import decoupled_objective, sample_start
+
+    model, cond = MLPField(D, seed=3), None
+    traj = rollout(model, seed=3)
+    sig = traj.sigmas
+    reward = quadratic_reward(torch.randn(B, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
+    k = 2
+    cfg = LeapAlignConfig(leaps=1, weighting="none")
+    out = decoupled_objective(model, traj, [(k, T)], reward, cfg, cond)
+    model.zero_grad()
+    out.loss.backward()
+    ours = [p.grad.clone() for p in model.parameters()]
+    x0 = traj.sample.detach().requires_grad_(True)
+    (g,) = torch.autograd.grad(-reward(x0).mean(), x0)
+    model.zero_grad()
+    xhat_0 = traj.latents[k] - sig[k] * model(traj.latents[k], sig[k].expand(B), cond)
+    (g * xhat_0).sum().backward()
+    for a, b in zip(ours, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    starts = {sample_start(T, torch.Generator().manual_seed(s), min_step=2) for s in range(100)}
+    assert starts == {(k, T) for k in range(2, T)}
+    with pytest.raises(ValueError, match="leaps must be"):
+        LeapAlignConfig(leaps=3)

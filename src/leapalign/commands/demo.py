@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "ShapesWorld demo: LeapAlign vs ReFL, DRaFT-LV and DRTune at equal budget; writes DIR/report.{json,md}"
+HELP = ("ShapesWorld demo: LeapAlign vs ReFL, DRaFT-LV and DRTune under one protocol (tuning on validation, held-out "
+        "once, seeds, paired bootstrap); writes DIR/report.{json,md}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a small budget (CI smoke run, about 2 minutes)")
+    parser.add_argument("--ablation", action="store_true",
+                        help="LeapAlign's ablation rows (alpha, weighting, leap range, one vs two leaps), same protocol")
     parser.add_argument("--out", default="demo_out", help="output directory (report.json, report.md, PNGs, runs/)")
     parser.add_argument("--list-keys", action="store_true", help="list every demo setting with default and help, exit")
     parser.add_argument("settings", nargs="*", metavar="KEY=VALUE",
@@ -26,5 +29,5 @@ def run(args: argparse.Namespace) -> int:
         return 0
     cfg = parse_overrides(DemoConfig, args.settings, QUICK if args.quick else None)
     prepare_output_dir(args.out, "--out")
-    run_demo(cfg, args.out)
+    run_demo(cfg, args.out, ablation=args.ablation)
     return 0

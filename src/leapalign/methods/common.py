@@ -64,6 +64,16 @@ def check_schedule_batch(noise: torch.Tensor, sigmas: torch.Tensor) -> int:
     return sigmas.shape[0] - 1
 
 
+def late_steps(late_fraction: float, num_steps: int) -> int:
+    """How many of the T steps form the late window: max(1, round(late_fraction * T)) (paper: 11 of 25 = 0.44)."""
+    return max(1, min(num_steps, round(late_fraction * num_steps)))
+
+
+def check_late_fraction(late_fraction: float) -> None:
+    if not 0 < late_fraction <= 1:
+        raise ValueError(f"late_fraction must be in (0, 1] (paper: 11 of 25 steps = 0.44), got {late_fraction}")
+
+
 def draw_int(low: int, high: int, generator: torch.Generator) -> int:
     """Uniform integer in [low, high] (inclusive) from an explicit generator."""
     return int(torch.randint(low, high + 1, (), generator=generator))

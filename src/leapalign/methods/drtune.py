@@ -3,7 +3,8 @@
 Every step runs with its model input detached, x_{i+1} = x_i + (s_{i+1} - s_i) v(sg(x_i), s_i), so the
 reward gradient flows only along the additive Euler chain (no Jacobians dv/dx). Only K equally spaced
 "training steps" keep parameter gradients; the rest are computed without a graph. The rollout stops early at
-t_min, drawn from the last n_last steps (and >= K-1), and the reward is taken on x0_hat = x_tmin - s_tmin v(sg(x_tmin), s_tmin).
+t_min, drawn from the late window (the last max(1, round(late_fraction * T)) steps; paper: 11 of 25 = 0.44,
+SPEC section 4; and >= K-1), and the reward is taken on x0_hat = x_tmin - s_tmin v(sg(x_tmin), s_tmin).
 The training steps are spaced over the N = t_min + 1 velocity calls actually made (s0 = randint over
 [0, N - (K-1)(N//K)), steps s0 + i (N//K)), so all K are always reached; with N = T this is the paper's rule,
 and drawing over T instead would leave short rollouts (small T) without any parameter gradient.
@@ -18,21 +19,23 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from leapalign.flow import euler_step, predict_x0
-from leapalign.methods.common import (call_reward, call_velocity, check_hinge, check_schedule_batch, draw_int,
-                                      reward_loss, reward_metrics)
+from leapalign.methods.common import (call_reward, call_velocity, check_hinge, check_late_fraction,
+                                      check_schedule_batch, draw_int, late_steps, reward_loss, reward_metrics)
 from leapalign.types import LossOutput, RewardFn, VelocityFn, option
 
 
 @dataclass
 class DRTuneConfig:
     k: int = option(2, "training steps that keep parameter gradients (paper: 2)")
-    n_last: int = option(11, "the early stop t_min is drawn from the last n_last steps")
+    late_fraction: float = option(0.44, "the early stop t_min is drawn from the last max(1, round(late_fraction * T)) "
+                                        "steps (paper: 11 of 25 = 0.44)")
     hinge: float | None = option(None, "hinge threshold on the reward; None -> loss = -r")
     checkpointing: bool = option(True, "recompute the training steps' activations in backward")
 
     def __post_init__(self) -> None:
-        if self.k < 1 or self.n_last < 1:
-            raise ValueError(f"k and n_last must be >= 1, got k={self.k}, n_last={self.n_last}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got k={self.k}")
+        check_late_fraction(self.late_fraction)
         check_hinge(self.hinge)
 
 
@@ -71,7 +74,8 @@ def step(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, cond: 
     if cfg.k > num_steps:
         raise ValueError(f"DRTune's k = {cfg.k} training steps need T >= k, got T = {num_steps}")
     # t_min >= k - 1 so the stopped rollout makes at least k velocity calls
-    t_min = draw_int(max(cfg.k - 1, num_steps - cfg.n_last), num_steps - 1, generator)
+    t_min = draw_int(max(cfg.k - 1, num_steps - late_steps(cfg.late_fraction, num_steps)), num_steps - 1,
+                     generator)
     train_steps = training_steps(t_min + 1, cfg.k, generator)
     x0_hat = drtune_prediction(velocity, noise.detach(), sigmas, cond, train_steps, t_min, cfg.checkpointing)
     rewards = call_reward(reward_fn, x0_hat)

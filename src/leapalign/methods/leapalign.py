@@ -17,6 +17,11 @@ Decoupled form (exact): both connectors carry real rollout values, so g = dl(R(x
 (k, j). Compute g once with no transformer graph alive, then backpropagate mean_b sg(w_b) <sg(g_b), xhat_0_b>
 through the two leaps; peak memory is max(reward part, leap part) instead of their sum, and several pairs
 reuse one rollout and one reward backward.
+
+Ablation options (paper Table 4): `weighting` "both" (the w above), "j" (w = 1 / max(d_j, tau)) or "none"
+(w = 1); `leaps=1`, one leap straight to the sample: the pair degenerates to (k, T), where leap 2 from s_T = 0
+is the identity, so xhat_0 = x_k - s_k v(x_k, s_k), d_j = mean |x_0 - xhat_0| and d_0 = 0 (the connector makes
+the value x_0); its gradient is -s_k dv_k/dtheta, with no nested term and no second model call.
 """
 
 from __future__ import annotations
@@ -32,16 +37,21 @@ from leapalign.methods.common import (call_reward, call_velocity, check_hinge, c
 from leapalign.types import LossOutput, RewardFn, Trajectory, VelocityFn, option
 
 
+WEIGHTINGS = ("both", "j", "none")
+
+
 @dataclass
 class LeapAlignConfig:
     alpha: float = option(0.3, "gradient discount of the nested term (paper: 0.3 HPSv2.1, 0.1 PickScore)")
     tau: float = option(0.1, "floor of each trajectory distance in the similarity weight")
     hinge: float | None = option(None, "hinge threshold lam on the reward (paper: 0.55 HPSv2.1); None -> loss = -r")
-    weighting: bool = option(True, "trajectory-similarity weight w; False -> w = 1")
+    weighting: str | bool = option("both", "trajectory-similarity weight: both (1 / (d_j + d_0), the paper), j "
+                                           "(1 / d_j), none (w = 1); True/False mean both/none")
     min_step: int = option(0, "smallest allowed leap index (0 = the pure-noise step)")
     max_step: int | None = option(None, "largest allowed leap index (None -> T-1; never the final sample T)")
     pairs_per_rollout: int = option(1, "leap pairs reusing one rollout (and, decoupled, one reward backward)")
     decoupled: bool = option(True, "reward gradient first, then the two leaps (same gradient, less memory)")
+    leaps: int = option(2, "2: the paper's k -> j -> 0; 1: one leap k -> 0 (the pair (k, T); ablation)")
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -54,14 +64,24 @@ class LeapAlignConfig:
                              f"max_step={self.max_step}")
         if self.pairs_per_rollout < 1:
             raise ValueError(f"pairs_per_rollout must be >= 1, got {self.pairs_per_rollout}")
+        if isinstance(self.weighting, bool):  # the earlier boolean option
+            self.weighting = "both" if self.weighting else "none"
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)} (or True/False), got "
+                             f"{self.weighting!r}")
+        if self.leaps not in (1, 2):
+            raise ValueError(f"leaps must be 2 (the paper's two leaps) or 1 (one leap to the sample), got "
+                             f"{self.leaps}")
 
 
-def check_pair(k: int, j: int, num_steps: int) -> None:
+def check_pair(k: int, j: int, num_steps: int, one_leap: bool = False) -> None:
     if not (isinstance(k, int) and isinstance(j, int)):
         raise ValueError(f"leap indices k, j must be ints, got {k!r}, {j!r}")
     if not 0 <= k < j:
         raise ValueError(f"need 0 <= k < j (k is the earlier, noisier step), got k={k}, j={j}")
-    if j > num_steps - 1:
+    if one_leap and j != num_steps:
+        raise ValueError(f"one leap goes straight to the sample: j must be T = {num_steps}, got j={j}")
+    if not one_leap and j > num_steps - 1:
         raise ValueError(f"j must be <= T-1 = {num_steps - 1} (the final sample is not a leap point), got j={j}")
 
 
@@ -76,12 +96,25 @@ def sample_pair(num_steps: int, generator: torch.Generator, min_step: int = 0,
     return min(a, b), max(a, b)
 
 
-def leaps(velocity: VelocityFn, traj: Trajectory, k: int, j: int, alpha: float, cond: Any = None):
-    """The two grad-enabled leaps -> (xhat_j, xhat_0), each (B, ...); xhat_0 carries the Eq. 10 gradient."""
-    check_pair(k, j, traj.num_steps)
+def sample_start(num_steps: int, generator: torch.Generator, min_step: int = 0,
+                 max_step: int | None = None) -> tuple[int, int]:
+    """One-leap variant: k uniform in [min_step, max_step] (default T-1), paired with j = T (the sample)."""
+    hi = num_steps - 1 if max_step is None else max_step
+    if not 0 <= min_step <= hi <= num_steps - 1:
+        raise ValueError(f"allowed leap range [{min_step}, {hi}] must lie within [0, T-1 = {num_steps - 1}]")
+    return min_step + int(torch.randint(hi - min_step + 1, (), generator=generator)), num_steps
+
+
+def leaps(velocity: VelocityFn, traj: Trajectory, k: int, j: int, alpha: float, cond: Any = None,
+          one_leap: bool = False):
+    """The two grad-enabled leaps -> (xhat_j, xhat_0), each (B, ...); xhat_0 carries the Eq. 10 gradient.
+    one_leap (j = T): leap 2 from s_T = 0 is the identity, so xhat_0 = connector(x_0, xhat_j)."""
+    check_pair(k, j, traj.num_steps, one_leap)
     s_k, s_j = traj.sigmas[k], traj.sigmas[j]
     x_k, x_j = traj.latents[k].detach(), traj.latents[j].detach()
     xhat_j = x_k - (s_k - s_j) * call_velocity(velocity, x_k, s_k, cond)   # leap 1
+    if one_leap:
+        return xhat_j, straight_through(x_j, xhat_j)
     xj_c = straight_through(x_j, xhat_j)                                   # connector 1
     xin = discount(xj_c, alpha)                                            # only the model-input path
     xhat_0 = xj_c - s_j * call_velocity(velocity, xin, s_j, cond)          # leap 2
@@ -94,8 +127,10 @@ def similarity_weight(traj: Trajectory, j: int, xhat_j: torch.Tensor, xhat_0: to
     with torch.no_grad():
         d_j = per_sample_mean_abs(traj.latents[j].to(dtype), xhat_j.to(dtype))
         d_0 = per_sample_mean_abs(traj.sample.to(dtype), xhat_0.to(dtype))
-        if cfg.weighting:
+        if cfg.weighting == "both":
             w = 1.0 / (d_j.clamp(min=cfg.tau) + d_0.clamp(min=cfg.tau))
+        elif cfg.weighting == "j":
+            w = 1.0 / d_j.clamp(min=cfg.tau)
         else:
             w = torch.ones_like(d_j)
     return w, d_j, d_0
@@ -117,7 +152,7 @@ def _pair_metrics(traj: Trajectory, pairs, ws, djs, d0s) -> dict[str, float]:
 def leap_objective(velocity: VelocityFn, traj: Trajectory, k: int, j: int, reward_fn: RewardFn,
                    cfg: LeapAlignConfig, cond: Any = None) -> LossOutput:
     """The official (coupled) LeapAlign loss for one pair: the leap graphs stay alive while the reward runs."""
-    xhat_j, xhat_0 = leaps(velocity, traj, k, j, cfg.alpha, cond)
+    xhat_j, xhat_0 = leaps(velocity, traj, k, j, cfg.alpha, cond, cfg.leaps == 1)
     x0_c = straight_through(traj.sample, xhat_0)                            # connector 2
     rewards = call_reward(reward_fn, x0_c)                                  # (B,) on the real sample
     w, d_j, d_0 = similarity_weight(traj, j, xhat_j, xhat_0, cfg)
@@ -147,7 +182,7 @@ def decoupled_objective(velocity: VelocityFn, traj: Trajectory, pairs: list[tupl
     total = None
     ws, djs, d0s = [], [], []
     for k, j in pairs:
-        xhat_j, xhat_0 = leaps(velocity, traj, k, j, cfg.alpha, cond)
+        xhat_j, xhat_0 = leaps(velocity, traj, k, j, cfg.alpha, cond, cfg.leaps == 1)
         w, d_j, d_0 = similarity_weight(traj, j, xhat_j, xhat_0, cfg)
         ws.append(w), djs.append(d_j), d0s.append(d_0)
         w = w.to(g.dtype)
@@ -169,7 +204,8 @@ def step(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, cond: 
     """One LeapAlign iteration: no-grad rollout, `pairs_per_rollout` leap pairs, loss (steps 1-9 of the module docstring)."""
     num_steps = check_schedule_batch(noise, sigmas)
     traj = sample_trajectory(velocity, noise, sigmas, cond)
-    pairs = [sample_pair(num_steps, generator, cfg.min_step, cfg.max_step) for _ in range(cfg.pairs_per_rollout)]
+    draw = sample_pair if cfg.leaps == 2 else sample_start
+    pairs = [draw(num_steps, generator, cfg.min_step, cfg.max_step) for _ in range(cfg.pairs_per_rollout)]
     if cfg.decoupled:
         return decoupled_objective(velocity, traj, pairs, reward_fn, cfg, cond, backward)
     outs = [leap_objective(velocity, traj, k, j, reward_fn, cfg, cond) for k, j in pairs]
