@@ -98,45 +98,45 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _reward(args: argparse.Namespace) -> int:
+def _train_and_save(args: argparse.Namespace, cls: type, kind: str, train, measure) -> int:
+    """Train a reward or parser model from KEY=VALUE settings (--init continues one), save snapshots while training
+    and the final model with `measure(model, cfg)`'s held-out figures in its JSON sidecar."""
     from leapalign.shapes.checkpoint import save_model
-    from leapalign.shapes.reward_train import RewardTrainConfig, reward_accuracy, reward_hackability, train_reward
 
-    cfg = _loop_config(args, RewardTrainConfig, {})
+    cfg = _loop_config(args, cls, {})
     if cfg is None:
         return 0
-    init, history = _continue_from(args, cfg, "reward")
+    init, history = _continue_from(args, cfg, kind)
     start = time.time()
-    model = train_reward(cfg, _progress(start), lambda step, m: save_model(
+    model = train(cfg, _progress(start), lambda step, m: save_model(
         m, args.out, {**_provenance(cfg, start), "steps": step, "earlier_stages": history}), init)
     info = _provenance(cfg, start)
-    info["hard_negative_accuracy"] = round(reward_accuracy(model, device=cfg.device), 4)
-    info["hackability"] = {k: round(v, 4) for k, v in reward_hackability(model, device=cfg.device).items()}
-    save_model(model, args.out, {**info, "steps": cfg.steps, "earlier_stages": history})
-    print(f"saved {args.out}.safetensors  (held-out hard-negative accuracy {info['hard_negative_accuracy']:.3f}, "
-          f"hackability {info['hackability']})")
+    figures = measure(model, cfg)
+    save_model(model, args.out, {**info, **figures, "steps": cfg.steps, "earlier_stages": history})
+    print(f"saved {args.out}.safetensors  (" + ", ".join(f"{k} {v}" for k, v in figures.items()) + ")")
     return 0
+
+
+def _reward(args: argparse.Namespace) -> int:
+    from leapalign.shapes.reward_train import RewardTrainConfig, reward_accuracy, reward_hackability, train_reward
+
+    def measure(model, cfg) -> dict:
+        return {"hard_negative_accuracy": round(reward_accuracy(model, device=cfg.device), 4),
+                "hackability": {k: round(v, 4) for k, v in reward_hackability(model, device=cfg.device).items()}}
+
+    return _train_and_save(args, RewardTrainConfig, "reward", train_reward, measure)
 
 
 def _parser(args: argparse.Namespace) -> int:
-    from leapalign.shapes.checkpoint import save_model
     from leapalign.shapes.parser_eval import compose_accuracy, compose_hackability
     from leapalign.shapes.parser_train import ParserTrainConfig, train_parser
 
-    cfg = _loop_config(args, ParserTrainConfig, {})
-    if cfg is None:
-        return 0
-    init, history = _continue_from(args, cfg, "parser")
-    start = time.time()
-    model = train_parser(cfg, _progress(start), lambda step, m: save_model(
-        m, args.out, {**_provenance(cfg, start), "steps": step, "earlier_stages": history}), init)
-    info = _provenance(cfg, start)
-    model = model.cpu()
-    info["accuracy"] = {k: {m: round(v, 4) for m, v in d.items()} for k, d in compose_accuracy(model).items()}
-    info["hackability"] = {k: round(v, 4) for k, v in compose_hackability(model).items()}
-    save_model(model, args.out, {**info, "steps": cfg.steps, "earlier_stages": history})
-    print(f"saved {args.out}.safetensors  (accuracy {info['accuracy']}, hackability {info['hackability']})")
-    return 0
+    def measure(model, cfg) -> dict:
+        model.cpu()  # the measurements run on the CPU
+        return {"accuracy": {k: {m: round(v, 4) for m, v in d.items()} for k, d in compose_accuracy(model).items()},
+                "hackability": {k: round(v, 4) for k, v in compose_hackability(model).items()}}
+
+    return _train_and_save(args, ParserTrainConfig, "parser", train_parser, measure)
 
 
 def _eval(args: argparse.Namespace) -> int:
