@@ -12,11 +12,11 @@ only, never on generated images.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
+from leapalign.geneval.rules import relative_position
 from leapalign.shapes.detect import DetectedObject, detect
 from leapalign.shapes.prompts import CATEGORIES, Prompt, parse_prompt
 from leapalign.shapes.render import SceneBatch
@@ -40,25 +40,8 @@ def scene_objects(scenes: SceneBatch) -> list[list[DetectedObject]]:
 
 
 def relations(a: DetectedObject, b: DetectedObject) -> set[str]:
-    """GenEval's relative_position: where a lies relative to b (image y grows downwards)."""
-    (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = a.box, b.box
-    off = ((ax0 + ax1 - bx0 - bx1) / 2, (ay0 + ay1 - by0 - by1) / 2)
-    dims = (ax1 - ax0 + bx1 - bx0, ay1 - ay0 + by1 - by0)
-    revised = [math.copysign(max(abs(o) - POSITION_THRESHOLD * d, 0.0), o) for o, d in zip(off, dims)]
-    if all(abs(r) < 1e-3 for r in revised):
-        return set()
-    norm = math.hypot(*off)
-    dx, dy = revised[0] / norm, revised[1] / norm
-    rel = set()
-    if dx < -0.5:
-        rel.add("left of")
-    if dx > 0.5:
-        rel.add("right of")
-    if dy < -0.5:
-        rel.add("above")
-    if dy > 0.5:
-        rel.add("below")
-    return rel
+    """GenEval's relative_position (the shared rule engine's): where a lies relative to b (y grows downwards)."""
+    return relative_position(a.box, b.box, POSITION_THRESHOLD)
 
 
 def _matches(o: DetectedObject, shape: str, color: str | None) -> bool:
