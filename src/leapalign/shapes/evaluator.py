@@ -12,7 +12,6 @@ only, never on generated images.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 
