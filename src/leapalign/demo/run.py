@@ -37,8 +37,8 @@ class DemoConfig:
     num_steps: int = option(10, "Euler steps T of every training rollout (equal for all methods)")
     eval_steps: int = option(10, "Euler steps for evaluation sampling")
     guidance: float = option(3.0, "classifier-free guidance of every rollout, training and evaluation (1 = none)")
-    reward: str = option("shapes", "training reward by registry name (shapes = the contrastive model; "
-                         "shapes-compose once registered) or 'package.module:function'")
+    reward: str = option("shapes-compose", "training reward by registry name (shapes-compose = the composition "
+                         "parser, shapes = the contrastive model) or 'package.module:function'")
     lrs: list = option([3e-6, 1e-5, 3e-5], "AdamW learning rates tried per method on the validation captions")
     lr: float | None = option(None, "a fixed lr for every method instead of tuning (None = tune over lrs)")
     tune_iterations: int = option(20, "iterations of each tuning run (fewer than `iterations` to fit the budget)")
