@@ -120,6 +120,14 @@ def test_colour_checks_only_the_most_confident_objects():
     assert evaluate_image([det("car", 0.8, color="blue"), det("car", 0.9, color="red")], m)[0]
 
 
+
+def test_colour_reason_lists_colours_outside_genevals_vocabulary():
+    # GenEval's colours keep its order; others (ShapesWorld's "cyan") are still reported
+    m = meta("counting", [{"class": "car", "count": 3, "color": "red"}])
+    found = [det("car", 0.9, color="cyan"), det("car", 0.8, color="blue"), det("car", 0.7, color="red")]
+    ok, reason = evaluate_image(found, m, counting_threshold=0.3)
+    assert not ok and reason == "expected red car>=3, found 1 red, 1 blue, 1 cyan"
+
 def test_colour_needed_but_not_classified_is_an_error():
     m = meta("colors", [{"class": "car", "count": 1, "color": "red"}])
     with pytest.raises(ValueError, match="no colour"):

@@ -1,12 +1,16 @@
 """ShapesWorld prompts, renderer and evaluator: captions round-trip, splits are disjoint, renders are exact and
 deterministic, and the evaluator is right on clean renders, tolerant to noise/blur, and rejects wrong scenes."""
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from leapalign.geneval.prompts import load_metadata
+from leapalign.geneval.rules import relative_position
 from leapalign.shapes import prompts as P
-from leapalign.shapes.evaluator import (check, detect, evaluate, geneval_scores, layout_changed, relations,
+from leapalign.shapes.evaluator import (check, detect, evaluate, geneval_metadata, geneval_scores, layout_changed,
                                         scene_objects, DetectedObject)
 from leapalign.shapes.batches import sample_prompts
 from leapalign.shapes.render import SceneBatch, render, sample_scenes
@@ -115,9 +119,9 @@ def test_evaluator_rejects_wrong_scenes(category):
 def test_position_rule_follows_geneval():
     a = DetectedObject("circle", "red", (2, 10, 10, 18), 50)
     b = DetectedObject("square", "blue", (20, 12, 28, 20), 64)
-    assert relations(a, b) == {"left of"} and relations(b, a) == {"right of"}
+    assert relative_position(a.box, b.box) == {"left of"} and relative_position(b.box, a.box) == {"right of"}
     c = DetectedObject("square", "blue", (5, 11, 13, 19), 64)  # overlapping, offset below the threshold
-    assert relations(a, c) == set()
+    assert relative_position(a.box, c.box) == set()
     assert check("a photo of a circle left of a square", [a, b])
     assert check("a photo of a square right of a circle", [a, b])
     assert not check("a photo of a circle above a square", [a, b])
@@ -144,8 +148,70 @@ def test_differently_named_objects_must_be_distinct():
     assert check("a photo of a circle and a red circle", [other, red])
     assert not check("a photo of a red circle and a blue circle", [red])
     assert not check("a photo of a circle left of a circle", [red])
-    assert check("a photo of a circle left of a circle", [red, other])
+    # GenEval's position layout: the most confident circle is the target, the next one must be left of it
+    red_hi = DetectedObject("circle", "red", red.box, 50, fit=0.9)
+    blue_lo = DetectedObject("circle", "blue", other.box, 50, fit=0.8)
+    assert check("a photo of a circle right of a circle", [red_hi, blue_lo])
+    assert not check("a photo of a circle left of a circle", [red_hi, blue_lo])
 
+
+
+def test_colour_and_position_are_judged_on_the_most_confident_objects():
+    # GenEval's rule, with the template fit as the detector score: a less confident object cannot rescue a
+    # caption that the most confident one of its class contradicts
+    def circle(color, fit, box=(2, 10, 10, 18)):
+        return DetectedObject("circle", color, box, 50, fit=fit)
+
+    assert not check("a photo of a red circle", [circle("blue", 0.9), circle("red", 0.7, (20, 2, 28, 10))])
+    assert check("a photo of a red circle", [circle("blue", 0.7), circle("red", 0.9, (20, 2, 28, 10))])
+    square = DetectedObject("square", "green", (12, 10, 20, 18), 64, fit=0.95)
+    left, right = (2, 10, 10, 18), (22, 10, 30, 18)
+    caption = "a photo of a circle left of a square"
+    assert not check(caption, [circle("red", 0.9, right), circle("red", 0.6, left), square])
+    assert check(caption, [circle("red", 0.6, right), circle("red", 0.9, left), square])
+    assert check("a photo of a red circle and a green square", [circle("red", 0.9), square])
+    assert not check("a photo of a red circle and a green square", [circle("blue", 0.9), circle("red", 0.5), square])
+
+
+def test_counting_is_exact_and_every_component_counts():
+    circles = [DetectedObject("circle", "red", (i * 8, 2, i * 8 + 6, 8), 28, fit=0.5) for i in range(4)]
+    assert check("a photo of two circles", circles[:2])  # a low fit is still an object (thresholds are 0)
+    assert not check("a photo of two circles", circles[:3])  # GenEval excludes count + 1
+    assert not check("a photo of three circles", circles[:2])
+    assert check("a photo of four circles", circles)
+    red, blue = circles[0], DetectedObject("circle", "blue", (20, 20, 26, 26), 28)
+    assert not check("a photo of a red circle and a circle", [red])
+    assert check("a photo of a red circle and a circle", [red, blue])
+
+
+def test_metadata_has_the_shape_of_genevals_official_file():
+    # one official row per tag, its classes and colours replaced by ShapesWorld's in order of appearance
+    official = load_metadata()
+    for tag in P.CATEGORIES:
+        row = next(r for r in official if r["tag"] == tag)
+        words = dict(zip(dict.fromkeys(q["class"] for q in row["include"]), P.SHAPES))
+        words.update(zip(dict.fromkeys(q["color"] for q in row["include"] if "color" in q), ("red", "cyan")))
+        pattern = "|".join(sorted(map(re.escape, words), key=len, reverse=True))
+        text = re.sub(pattern, lambda m: words[m.group()], row["prompt"])
+
+        def swap(entry):
+            return {k: words[v] if k in ("class", "color") else v for k, v in entry.items()}
+
+        expected = {**row, "prompt": text, "include": [swap(q) for q in row["include"]]}
+        if "exclude" in row:
+            expected["exclude"] = [swap(q) for q in row["exclude"]]
+        assert geneval_metadata(text) == expected, tag
+        assert geneval_metadata(P.parse_prompt(text)) == expected
+
+
+def test_every_caption_round_trips_through_the_rule_engine():
+    # every caption of every category, as metadata, is satisfied by a scene drawn for it (ground truth)
+    every = [p for c in P.CATEGORIES for p in P.all_prompts(c)]
+    scenes = sample_scenes(every, torch.Generator().manual_seed(5))
+    for p, objs in zip(every, scene_objects(scenes)):
+        meta = geneval_metadata(p)
+        assert meta["tag"] == p.category and meta["prompt"] == p.text
+        assert check(p, objs), p.text
 
 def test_template_fit_reads_shapes_not_box_corners():
     # a square with rounded corners (what blur and generated samples give) is still a square, and a circle

@@ -148,7 +148,11 @@ def evaluate_image(
                     raise ValueError(f"a {name} detection has no colour; classify colours before judging {req}")
                 if colors.count(req["color"]) < count:
                     ok = False
-                    seen = ", ".join(f"{colors.count(c)} {c}" for c in COLORS if c in colors)
+                    # the colours found, in GenEval's COLORS order (its reasons unchanged); colours outside it
+                    # (ShapesWorld's "cyan") follow in order of first appearance, so any vocabulary is reported
+                    rank = {c: i for i, c in enumerate(COLORS)}
+                    found_colors = sorted(dict.fromkeys(colors), key=lambda c: rank.get(c, len(COLORS)))
+                    seen = ", ".join(f"{colors.count(c)} {c}" for c in found_colors)
                     reasons.append(f"expected {req['color']} {name}>={count}, found {seen}")
             if "position" in req and ok:
                 relation, target = req["position"]
