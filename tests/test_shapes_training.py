@@ -28,7 +28,7 @@ def test_worker_stream_takes_each_workers_own_seeded_sequence_in_turn():
 
 
 def test_reward_batch_negatives_are_false_and_masks_are_consistent():
-    from leapalign.shapes.evaluator import check, detect
+    from leapalign.shapes.evaluator import check, detect, satisfiable
 
     b = reward_batch(torch.Generator().manual_seed(0), batch_size=16, size=32, hard_negatives=4)
     objs = detect(b["images"])  # clean renders: the evaluator reads them exactly
@@ -36,9 +36,11 @@ def test_reward_batch_negatives_are_false_and_masks_are_consistent():
         assert check(b["texts"][i], objs[i])
         for j in range(4):
             if b["neg_ok"][i, j]:
-                assert not check(b["negatives"][i * 4 + j], objs[i])
+                assert not satisfiable(b["negatives"][i * 4 + j], objs[i])  # false for any confidence order
         for j in range(16):
-            assert bool(b["same_truth"][i, j]) == (j != i and check(b["texts"][j], objs[i]))
+            assert bool(b["same_truth"][i, j]) == (j != i and satisfiable(b["texts"][j], objs[i]))
+            if j != i and check(b["texts"][j], objs[i]):  # a caption the evaluator accepts is never a negative
+                assert b["same_truth"][i, j]
 
 
 def test_adversary_stays_in_its_ball_and_beats_random_noise():

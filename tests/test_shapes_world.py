@@ -11,7 +11,7 @@ from leapalign.geneval.prompts import load_metadata
 from leapalign.geneval.rules import relative_position
 from leapalign.shapes import prompts as P
 from leapalign.shapes.evaluator import (check, detect, evaluate, geneval_metadata, geneval_scores, layout_changed,
-                                        scene_objects, DetectedObject)
+                                        satisfiable, scene_objects, DetectedObject)
 from leapalign.shapes.batches import sample_prompts
 from leapalign.shapes.render import SceneBatch, render, sample_scenes
 
@@ -171,6 +171,19 @@ def test_colour_and_position_are_judged_on_the_most_confident_objects():
     assert check(caption, [circle("red", 0.6, right), circle("red", 0.9, left), square])
     assert check("a photo of a red circle and a green square", [circle("red", 0.9), square])
     assert not check("a photo of a red circle and a green square", [circle("blue", 0.9), circle("red", 0.5), square])
+
+
+def test_satisfiable_tries_every_confidence_order():
+    # ground truth has no confidences: a caption is satisfiable when some detector order makes it correct
+    blue_top = [DetectedObject("circle", "blue", (2, 10, 10, 18), 50, fit=0.9),
+                DetectedObject("circle", "red", (20, 2, 28, 10), 50, fit=0.7)]
+    assert not check("a photo of a red circle", blue_top) and satisfiable("a photo of a red circle", blue_top)
+    assert not satisfiable("a photo of a green circle", blue_top)
+    assert satisfiable("a photo of a circle right of a circle", blue_top)  # the red one is 18 px right
+    assert not satisfiable("a photo of a circle above a circle", blue_top)  # 8 px higher: not "above" by GenEval
+    assert not satisfiable("a photo of three circles", blue_top)
+    with pytest.raises(ValueError, match="too many"):
+        satisfiable("a photo of a red circle", blue_top * 4)
 
 
 def test_counting_is_exact_and_every_component_counts():

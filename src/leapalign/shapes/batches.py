@@ -16,7 +16,7 @@ from typing import TypeVar
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from leapalign.shapes.evaluator import check, scene_objects
+from leapalign.shapes.evaluator import satisfiable, scene_objects
 from leapalign.shapes.prompts import CATEGORIES, Prompt, all_prompts, perturbations
 from leapalign.shapes.render import render, sample_scenes
 
@@ -65,18 +65,19 @@ def flow_batch(g: torch.Generator, *, batch_size: int, size: int, mix: tuple[flo
 def reward_batch(g: torch.Generator, *, batch_size: int, size: int, hard_negatives: int) -> dict:
     """Reward-training batch: clean renders (B, 3, S, S) in [0, 1], captions, `hard_negatives` false single-edit
     captions per image (B * H strings, padded with the true caption where fewer exist; `neg_ok` (B, H) marks the
-    real ones) and `same_truth` (B, B) bool: caption j (j != i) also holds for scene i."""
+    real ones) and `same_truth` (B, B) bool: caption j (j != i) can also hold for scene i (`satisfiable`: for
+    some detector's order of its objects)."""
     prompts = sample_prompts(batch_size, g)
     scenes = sample_scenes(prompts, g, size)
     truth = scene_objects(scenes)
     h = hard_negatives
     negs, neg_ok = [], torch.zeros(batch_size, h, dtype=torch.bool)
     for i, p in enumerate(prompts):
-        false = [q for q in perturbations(p) if not check(q, truth[i])]
+        false = [q for q in perturbations(p) if not satisfiable(q, truth[i])]
         chosen = [false[j].text for j in torch.randperm(len(false), generator=g)[:h].tolist()]
         neg_ok[i, : len(chosen)] = True
         negs += chosen + [p.text] * (h - len(chosen))
-    same_truth = torch.tensor([[j != i and check(prompts[j], truth[i]) for j in range(batch_size)]
+    same_truth = torch.tensor([[j != i and satisfiable(prompts[j], truth[i]) for j in range(batch_size)]
                                for i in range(batch_size)])
     return {"images": render(scenes), "texts": [p.text for p in prompts], "negatives": negs, "neg_ok": neg_ok,
             "same_truth": same_truth}

@@ -22,6 +22,9 @@ attr): scenes where only a less confident object of the class had the named colo
 
 from __future__ import annotations
 
+from dataclasses import replace
+from itertools import permutations
+
 import torch
 
 from leapalign.geneval.rules import Detection, evaluate_image
@@ -29,8 +32,8 @@ from leapalign.shapes.detect import DetectedObject, detect
 from leapalign.shapes.prompts import CATEGORIES, Prompt, parse_prompt
 from leapalign.shapes.render import SceneBatch
 
-__all__ = ["DetectedObject", "detect", "scene_objects", "geneval_metadata", "check", "evaluate", "geneval_scores",
-           "layout_changed"]
+__all__ = ["DetectedObject", "detect", "scene_objects", "geneval_metadata", "check", "satisfiable", "evaluate",
+           "geneval_scores", "layout_changed"]
 
 
 def scene_objects(scenes: SceneBatch) -> list[list[DetectedObject]]:
@@ -74,6 +77,18 @@ def check(prompt: Prompt | str, objects: list[DetectedObject]) -> bool:
     correct, _ = evaluate_image(dets, geneval_metadata(prompt), threshold=0.0, counting_threshold=0.0,
                                 distinct_objects=True)
     return correct
+
+
+def satisfiable(prompt: Prompt | str, objects: list[DetectedObject]) -> bool:
+    """Does SOME confidence order of the objects satisfy the caption under `check`? The verdict for a rendered
+    scene's ground truth (scene_objects), whose objects carry no confidence: a caption true of the scene for any
+    detector's order is never used as a false caption (hard negatives, parser evaluation), and one true for no
+    order is false whatever the detector's scores. Scenes hold at most a handful of objects (<= 24 orders)."""
+    if len(objects) > 6:
+        raise ValueError(f"satisfiable tries every order of the objects; {len(objects)} objects are too many")
+    p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
+    return any(check(p, [replace(objects[i], fit=1.0 - rank / 8) for rank, i in enumerate(order)])
+               for order in permutations(range(len(objects))))
 
 
 def evaluate(images: torch.Tensor, prompts: list[str]) -> list[bool]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from leapalign.shapes.batches import sample_prompts
-from leapalign.shapes.evaluator import check, scene_objects
+from leapalign.shapes.evaluator import satisfiable, scene_objects
 from leapalign.shapes.parser import ShapesParser, compose_score
 from leapalign.shapes.parser_train import attack, blur
 from leapalign.shapes.prompts import perturbations
@@ -28,7 +28,7 @@ def _renders(n: int, seed: int, size: int) -> tuple[torch.Tensor, list[str], lis
     false = []
     for p, objs in zip(prompts, scene_objects(scenes)):
         # position edits of a two-object scene can be true of its random layout; keep clear-cut edits only
-        edits = [q for q in perturbations(p) if not check(q, objs)
+        edits = [q for q in perturbations(p) if not satisfiable(q, objs)
                  and not (p.category == "two_object" and q.category == "position")]
         false.append(edits[int(torch.randint(len(edits), (1,), generator=g))].text)
     return render(scenes), [p.text for p in prompts], false, g
