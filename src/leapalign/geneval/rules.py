@@ -30,6 +30,7 @@ import torch
 TASKS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 RELATIONS = ("left of", "right of", "above", "below")
+_COLOR_RANK = {c: i for i, c in enumerate(COLORS)}
 
 
 @dataclass(frozen=True)
@@ -150,8 +151,7 @@ def evaluate_image(
                     ok = False
                     # the colours found, in GenEval's COLORS order (its reasons unchanged); colours outside it
                     # (ShapesWorld's "cyan") follow in order of first appearance, so any vocabulary is reported
-                    rank = {c: i for i, c in enumerate(COLORS)}
-                    found_colors = sorted(dict.fromkeys(colors), key=lambda c: rank.get(c, len(COLORS)))
+                    found_colors = sorted(dict.fromkeys(colors), key=lambda c: _COLOR_RANK.get(c, len(COLORS)))
                     seen = ", ".join(f"{colors.count(c)} {c}" for c in found_colors)
                     reasons.append(f"expected {req['color']} {name}>={count}, found {seen}")
             if "position" in req and ok:

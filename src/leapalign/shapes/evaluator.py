@@ -73,9 +73,12 @@ def check(prompt: Prompt | str, objects: list[DetectedObject]) -> bool:
     objects: colour and position are judged on the most confident objects of a class, as GenEval does.
     distinct_objects: objects named by different descriptions must be different objects ("a red circle and a
     circle" needs two circles)."""
+    return _judge(objects, geneval_metadata(prompt))
+
+
+def _judge(objects: list[DetectedObject], metadata: dict) -> bool:
     dets = [Detection(label=o.shape, score=o.fit, box=o.box, color=o.color) for o in objects]
-    correct, _ = evaluate_image(dets, geneval_metadata(prompt), threshold=0.0, counting_threshold=0.0,
-                                distinct_objects=True)
+    correct, _ = evaluate_image(dets, metadata, threshold=0.0, counting_threshold=0.0, distinct_objects=True)
     return correct
 
 
@@ -86,8 +89,8 @@ def satisfiable(prompt: Prompt | str, objects: list[DetectedObject]) -> bool:
     order is false whatever the detector's scores. Scenes hold at most a handful of objects (<= 24 orders)."""
     if len(objects) > 6:
         raise ValueError(f"satisfiable tries every order of the objects; {len(objects)} objects are too many")
-    p = parse_prompt(prompt) if isinstance(prompt, str) else prompt
-    return any(check(p, [replace(objects[i], fit=1.0 - rank / 8) for rank, i in enumerate(order)])
+    metadata = geneval_metadata(prompt)  # once, not once per order
+    return any(_judge([replace(objects[i], fit=1.0 - rank / 8) for rank, i in enumerate(order)], metadata)
                for order in permutations(range(len(objects))))
 
 
