@@ -17,8 +17,9 @@ TINY = ["seeds=0,1", "iterations=2", "batch_size=2", "num_steps=3", "eval_steps=
 @pytest.mark.slow
 def test_demo_writes_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "methods=leapalign,refl", "workers=1", *TINY]) == 0
+    assert main(["demo", "--out", str(out), "methods=leapalign,refl", "workers=1", "precision=bf16", *TINY]) == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["precision"] == "bf16"
     assert set(report["methods"]) == {"base", "leapalign", "refl"}
     assert report["seeds"] == [0, 1] and report["iterations"] == 2 and report["wall_seconds"] > 0
     for name, stats in report["methods"].items():
@@ -44,7 +45,8 @@ def test_demo_writes_report(tmp_path, capsys):
     for cat in CATEGORIES:
         assert (out / f"samples_{cat}.png").stat().st_size > 0
     assert (out / "why.png").stat().st_size > 0
-    assert "chosen lr" in capsys.readouterr().out  # progress lines
+    printed = capsys.readouterr().out  # progress lines
+    assert "chosen lr" in printed and "job 4/4 done: refl seed 1 lr" in printed
 
 
 @pytest.mark.slow
@@ -80,7 +82,7 @@ def test_demo_ablation_rows(tmp_path):
 
 
 @pytest.mark.parametrize("bad", ["iterations=0", "methods=leap", "nonsense=1", "lr=abc", "seeds=", "guidance=0.5",
-                                 "lrs=fast", "workers=0"])
+                                 "lrs=fast", "workers=0", "precision=fp16"])
 def test_demo_bad_settings_exit_2(tmp_path, capsys, bad):
     assert main(["demo", "--out", str(tmp_path / "d"), bad]) == 2
     err = capsys.readouterr().err.strip()
@@ -99,3 +101,27 @@ def test_demo_grpo_rows_at_equal_iterations_and_equal_time(tmp_path):
     e = report["entries"]["flow_grpo"]
     assert e["iterations"] == 2 and e["batch"] == "1 prompts x 4 samples"  # 4 samples per iteration, like LeapAlign
     assert e["reach"].startswith("SDE steps 0-2")
+
+
+def test_autocast_transformer_runs_the_dit_in_bf16_and_returns_float32_velocities():
+    from leapalign.adapters import load_adapter
+    from leapalign.demo.parallel import autocast_transformer
+    from leapalign.demo.run import DemoConfig
+
+    adapter = load_adapter("shapes", None, guidance_scale=3.0)
+    dit = adapter.transformer
+    cond = adapter.encode_prompts(["a photo of a red circle", "a photo of two squares"])
+    x, sigma = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)), torch.tensor([0.9, 0.4])
+    with torch.no_grad():
+        ref = adapter.velocity(x, sigma, cond)
+        seen = []
+        hook = dit.out.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        with autocast_transformer(adapter, True):
+            v = adapter.velocity(x, sigma, cond)
+        hook.remove()
+    assert seen == [torch.bfloat16] and v.dtype == torch.float32 and adapter.transformer is dit
+    assert 0 < (v - ref).abs().max() and (v - ref).norm() < 0.05 * ref.norm()  # bf16 rounding, same function
+    with autocast_transformer(adapter, False):
+        assert adapter.transformer is dit
+    assert DemoConfig(precision="auto").resolved_precision() in ("bf16", "fp32")
+    assert DemoConfig(precision="fp32").resolved_precision() == "fp32"

@@ -103,3 +103,21 @@ def test_shipped_parser_separates_correct_from_incorrect_renders():
     assert isinstance(reward, ShapesComposeReward)
     acc = compose_accuracy(reward.model, n=128, corruptions=("clean", "blur x2"))
     assert acc["clean"]["ranking"] >= 0.9 and acc["blur x2"]["ranking"] >= 0.85
+
+
+def test_smooth_attack_stays_in_the_ball_and_is_smooth():
+    from leapalign.shapes.parser_eval import smooth_attack
+
+    torch.manual_seed(0)
+    model = ShapesParser(ParserConfig(width=8, dilations=(1,))).eval().requires_grad_(False)
+    images = torch.rand(2, 3, 32, 32) * 0.8 + 0.1
+    eps = torch.tensor([0.05, 0.1])
+    captions = ["a photo of a red circle", "a photo of two squares"]
+    x = smooth_attack(model, images, captions, eps, steps=3, g=torch.Generator().manual_seed(0), factor=8)
+    delta = x - images
+    assert (delta.abs().flatten(1).amax(1) <= eps + 1e-6).all()
+    # bilinear upsampling of a 4x4 grid: neighbouring pixels differ by at most a 1/8 step of the grid's range
+    assert (delta[..., 1:] - delta[..., :-1]).abs().max() <= 2 * eps.max() / 8 + 1e-6
+    assert not any(p.grad is not None for p in model.parameters())
+    with pytest.raises(ValueError, match="must divide"):
+        smooth_attack(model, images, captions, eps, steps=1, g=torch.Generator(), factor=5)

@@ -1,14 +1,20 @@
 """ShapesWorld networks, adapter, reward wrapper, checkpoints and training loops (tiny models, CPU, seconds)."""
 
+import platform
+import sys
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 from leapalign.adapters.shapes import ShapesAdapter
+from leapalign.allocator import keep_freed_memory
 from leapalign.flow import sample_trajectory
 from leapalign.rewards.shapes import ShapesReward
 from leapalign.shapes.checkpoint import SHIPPED, load_flow_model, load_reward_model, save_model
 from leapalign.shapes.evaluator import check, scene_objects
-from leapalign.shapes.model import FlowModelConfig, ShapesFlowModel, TextEncoderConfig, tokenize
+from leapalign.shapes.model import (FlowModelConfig, GeluTanh, ShapesFlowModel, TextEncoderConfig, _attention,
+                                   tokenize)
 from leapalign.shapes.batches import sample_prompts
 from leapalign.shapes.pretrain import FlowPretrainConfig, pretrain_flow
 from leapalign.shapes.reward_train import RewardTrainConfig, reward_accuracy, reward_hackability, train_reward
@@ -37,6 +43,57 @@ def test_tokenize_rejects_unknown_words_and_pads():
     assert mask[0].sum() == 6 and mask[1].sum() == 1  # "" is the <null> caption
     with pytest.raises(ValueError, match="vocabulary"):
         tokenize(["a photo of a dog"])
+
+
+def test_gelu_sigmoid_form_is_the_tanh_gelu_with_its_derivative():
+    x = torch.linspace(-12, 12, 2001, dtype=torch.float64, requires_grad=True)
+    u = (2 / torch.pi) ** 0.5 * (x + 0.044715 * x ** 3)
+    closed = 0.5 * x * (1 + torch.tanh(u))  # the tanh form, written out
+    dclosed = 0.5 * (1 + torch.tanh(u)) + 0.5 * x * (1 - torch.tanh(u) ** 2) * (2 / torch.pi) ** 0.5 * (
+        1 + 3 * 0.044715 * x ** 2)
+    y = GeluTanh()(x)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(y, closed, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, dclosed.detach(), rtol=1e-12, atol=1e-12)
+    x32 = torch.randn(4096) * 4
+    torch.testing.assert_close(GeluTanh()(x32), F.gelu(x32, approximate="tanh"), rtol=2e-6, atol=2e-6)
+    assert torch.autograd.gradcheck(GeluTanh(), (torch.randn(20, dtype=torch.float64, requires_grad=True),))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_written_out_attention_matches_the_fused_kernel(masked):
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 2, 5, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    k, v = (torch.randn(3, 2, 7, 8, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
+    mask = torch.rand(3, 1, 1, 7, generator=g) > 0.5 if masked else None
+    if masked:
+        mask[..., 0] = True  # every query attends to at least one key
+    ours = _attention(q, k, v, mask)
+    logits = torch.einsum("bhnd,bhmd->bhnm", q, k) / 8 ** 0.5
+    weights = logits.exp() * (1.0 if mask is None else mask)  # softmax over the attended keys, written out
+    closed = torch.einsum("bhnm,bhmd->bhnd", weights / weights.sum(-1, keepdim=True), v)
+    torch.testing.assert_close(ours, closed, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(ours.square().sum(), (q, k, v)),
+                    torch.autograd.grad(closed.square().sum(), (q, k, v))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    # and the fused kernel it replaces (whose float64 CPU backward is accurate to about 1e-6 only)
+    fused = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(ours, fused, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_softmax_runs_in_float32_under_bf16_inputs():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 4, 8, generator=g) for _ in range(3))
+    out = _attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), F.scaled_dot_product_attention(q, k, v), rtol=0.05, atol=0.05)
+
+
+def test_keep_freed_memory_applies_on_glibc():
+    applied = keep_freed_memory()
+    assert isinstance(applied, bool)
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied
 
 
 def test_padding_does_not_change_the_velocity():

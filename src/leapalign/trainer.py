@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from leapalign import checkpoint, evaluate, resume_guard
+from leapalign.allocator import keep_freed_memory
 from leapalign.adapters.lora import save_lora
 from leapalign.config import TrainConfig, composite_terms, config_yaml, method_config, to_dict, validate
 from leapalign.data import PromptOrder, generator, load_prompts, spread
@@ -177,6 +178,8 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
     if torch.cuda.is_available():
         torch.backends.cuda.enable_cudnn_sdp(cfg.cudnn_sdp)
     device = accelerator.device
+    if device.type == "cpu":
+        keep_freed_memory()
     order = PromptOrder(load_prompts(cfg.data.prompts), cfg.seed, cfg.data.shuffle)
     eval_prompts = spread(load_prompts(cfg.eval.prompts), cfg.eval.num_prompts) if cfg.eval.prompts else []
     method, method_cfg = get_method(cfg.method.name), method_config(cfg)

@@ -69,14 +69,15 @@ class ShapesAdapter:
         return ShapesConditioning(tokens, mask, pooled, ut, um, up)
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: ShapesConditioning) -> torch.Tensor:
-        """x (B, 3, S, S), sigma (B,) -> v (B, 3, S, S); differentiable w.r.t. x and the DiT's parameters."""
+        """x (B, 3, S, S), sigma (B,) -> v (B, 3, S, S) in x's dtype (also under bf16 autocast, so that guidance
+        and the sampler's update run at the latents' precision); differentiable w.r.t. x and the DiT's parameters."""
         if cond.uncond_tokens is None:
             if self.guidance != 1.0:
                 raise ValueError("conditioning was encoded without guidance; re-encode with this adapter")
-            return self.transformer(x, sigma, cond.tokens, cond.mask, cond.pooled)
+            return self.transformer(x, sigma, cond.tokens, cond.mask, cond.pooled).to(x.dtype)
         v = self.transformer(torch.cat([x, x]), torch.cat([sigma, sigma]),
                              torch.cat([cond.tokens, cond.uncond_tokens]), torch.cat([cond.mask, cond.uncond_mask]),
-                             torch.cat([cond.pooled, cond.uncond_pooled]))  # (2B, 3, S, S)
+                             torch.cat([cond.pooled, cond.uncond_pooled])).to(x.dtype)  # (2B, 3, S, S)
         v_cond, v_uncond = v.chunk(2)
         return v_uncond + self.guidance * (v_cond - v_uncond)
 

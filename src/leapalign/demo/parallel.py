@@ -12,11 +12,15 @@ from __future__ import annotations
 import multiprocessing
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from leapalign.allocator import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class Job:
     eval_seed: int
     eval_steps: int
     probe: tuple[str, ...] = ()
+    precision: str = "fp32"  # or bf16: autocast in training and evaluation sampling
 
 
 @dataclass
@@ -64,6 +69,7 @@ def train_config(job: Job):
     return from_dict({
         "output_dir": job.out_dir, "iterations": job.iterations, "batch_size": job.batch_size, "seed": job.seed,
         "ema_decay": job.ema_decay, "save_every": 0, "keep_checkpoints": 1, "resume": "none", "logger": "none",
+        "mixed_precision": "bf16" if job.precision == "bf16" else "no",
         "model": {"adapter": "shapes", "height": 32, "width": 32, "num_steps": job.num_steps,
                   "guidance_scale": job.guidance},
         "reward": {"name": job.reward},
@@ -94,10 +100,36 @@ def velocity_change(adapter, base, prompts: list[str], num_steps: int, seed: int
     return out
 
 
+class _Autocast(torch.nn.Module):
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.module(*args, **kwargs)
+
+
+@contextmanager
+def autocast_transformer(adapter, enabled: bool) -> Iterator[None]:
+    """Inside the block the adapter's transformer runs under CPU bfloat16 autocast, as the trainer's
+    mixed_precision=bf16 runs it (the text encoder stays float32); the adapter returns float32 velocities."""
+    if not enabled:
+        yield
+        return
+    plain = adapter.transformer
+    adapter.transformer = _Autocast(plain)
+    try:
+        yield
+    finally:
+        adapter.transformer = plain
+
+
 def run_job(job: Job) -> JobResult:
     """Train (unless base), sample job.prompts with noise (eval_seed, i), score; one torch thread throughout."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    keep_freed_memory()
     try:
         return _run(job)
     finally:
@@ -123,8 +155,9 @@ def _run(job: Job) -> JobResult:
         adapter, _ = load_trained(res.output_dir / "final", ema=job.ema_decay > 0)
     t0 = time.perf_counter()
     prompts = list(job.prompts)
-    images = sample_images(adapter, prompts, seed=job.eval_seed, num_steps=job.eval_steps, height=32, width=32,
-                           batch_size=64).images
+    with autocast_transformer(adapter, job.precision == "bf16"):
+        images = sample_images(adapter, prompts, seed=job.eval_seed, num_steps=job.eval_steps, height=32, width=32,
+                               batch_size=64).images
     reward = load_reward(job.reward)
     with torch.no_grad():
         rewards = torch.cat([reward(images[i:i + 64], prompts[i:i + 64]).float()
@@ -138,26 +171,47 @@ def _run(job: Job) -> JobResult:
                      train_seconds, eval_seconds, change)
 
 
-class Pool:
-    """Runs jobs serially (workers = 1) or in `workers` spawned processes; results come back in job order."""
+def _cost(job: Job) -> int:
+    """A job's rough cost in sampler steps: a training iteration costs about three no-grad steps per sample."""
+    train = 3 * job.iterations * job.batch_size * job.num_steps if job.method else 0
+    return train + len(job.prompts) * job.eval_steps
 
-    def __init__(self, workers: int):
+
+class Pool:
+    """Runs jobs serially (workers = 1) or in `workers` spawned processes; results come back in job order.
+    log: called with one line as each job finishes (progress of long phases)."""
+
+    def __init__(self, workers: int, log: Callable[[str], None] | None = None):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
-        self.workers = workers
+        self.workers, self.log = workers, log
         self._pool = None
         if workers > 1:
             self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+    def _done(self, res: JobResult, count: int, total: int) -> None:
+        if self.log is not None:
+            j = res.job
+            what = "base" if j.method is None else f"{j.name} seed {j.seed} lr {j.lr:g}"
+            self.log(f"job {count}/{total} done: {what} (train {res.train_seconds:.0f}s, "
+                     f"evaluation {res.eval_seconds:.0f}s)")
 
     def map(self, jobs: list[Job]) -> list[JobResult]:
         for job in jobs:
             Path(job.out_dir).parent.mkdir(parents=True, exist_ok=True)
         if self._pool is None:
-            return [run_job(job) for job in jobs]
-        # longest first (training jobs before evaluation-only ones) packs the workers better
-        order = sorted(range(len(jobs)), key=lambda i: -(jobs[i].iterations if jobs[i].method else 0))
-        futures = {i: self._pool.submit(run_job, jobs[i]) for i in order}
-        return [futures[i].result() for i in range(len(jobs))]
+            results = []
+            for job in jobs:
+                results.append(run_job(job))
+                self._done(results[-1], len(results), len(jobs))
+            return results
+        order = sorted(range(len(jobs)), key=lambda i: -_cost(jobs[i]))  # longest first packs the workers better
+        futures = {self._pool.submit(run_job, jobs[i]): i for i in order}
+        results: dict[int, JobResult] = {}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            self._done(results[futures[future]], len(results), len(jobs))
+        return [results[i] for i in range(len(jobs))]
 
     def close(self) -> None:
         if self._pool is not None:

@@ -157,7 +157,7 @@ def write_report(report: dict, demo, base, runs: dict, out: Path) -> None:
         f"lrs {s['lrs']}; ties by reward). Held-out: {report['heldout']['captions']} captions, "
         f"{report['heldout']['samples']} samples ({per_cat}), {s['eval_steps']} steps, the same noise for every "
         f"model; mean ± std over seeds {report['seeds']}. Wall time {report['wall_seconds']:.0f} s "
-        f"(tuning {report['tune_seconds']:.0f} s) with {s['workers']} workers; load average "
+        f"(tuning {report['tune_seconds']:.0f} s) with {s['workers']} workers, {report['precision']}; load average "
         f"{load['start'][0]:.1f} at start, {load['end'][0]:.1f} at end.",
         "",
         "`overall` and the categories: the GenEval-like evaluator (never a training signal). `layout changed`: "

@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
+
 from leapalign.demo import analysis, protocol
 from leapalign.demo.parallel import Job, JobResult, Pool
 from leapalign.demo.report import summarise, write_report
@@ -53,6 +55,9 @@ class DemoConfig:
     ema_decay: float = option(0.0, "EMA of the weights used for evaluation (0 = final weights)")
     grpo_group: int = option(4, "GRPO group size G (samples per prompt)")
     equal_time: bool = option(True, "GRPO methods also run with iterations scaled to LeapAlign's training time")
+    precision: str = option("auto", "bf16: bfloat16 autocast in training (float32 master weights) and evaluation "
+                            "sampling; fp32: float32 throughout; auto: bf16 where the CPU has native bfloat16 dot "
+                            "products (AVX512-BF16 or AMX), else fp32")
     workers: int = option(os.cpu_count() or 1, "parallel worker processes, one torch thread each (1 = serial)")
     bootstrap: int = option(2000, "bootstrap resamples of the paired differences (seeded)")
     probe_captions: int = option(16, "validation captions of the per-step velocity-change profile (0 = skip)")
@@ -84,6 +89,15 @@ class DemoConfig:
             raise ValueError(f"lr must be > 0 or none (tune over lrs), got {self.lr}")
         if self.grpo_group < 2:
             raise ValueError(f"grpo_group must be >= 2, got {self.grpo_group}")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+
+    def resolved_precision(self) -> str:
+        """bf16 or fp32: what `auto` means on this machine."""
+        if self.precision != "auto":
+            return self.precision
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch 2.x; absent = no
+        return "bf16" if any(getattr(torch.cpu, f, lambda: False)() for f in probes) else "fp32"
 
 
 QUICK = {"seeds": [0, 1, 2], "iterations": 6, "batch_size": 4, "num_steps": 6, "eval_steps": 6,
@@ -132,7 +146,7 @@ def _loop_seconds(res: JobResult) -> float:
 class Demo:
     """The phases of one demo run, sharing settings, caption sets, the worker pool and the output folder."""
 
-    def __init__(self, cfg: DemoConfig, out: Path, pool: Pool, ablation: bool):
+    def __init__(self, cfg: DemoConfig, out: Path, pool: Pool, ablation: bool, start: float | None = None):
         self.cfg, self.out, self.pool, self.ablation = cfg, out, pool, ablation
         self.entries = entries(cfg, ablation)
         self.val = protocol.expand(protocol.validation_prompts(cfg.val_per_category, cfg.tune_seed),
@@ -140,7 +154,8 @@ class Demo:
         self.held = protocol.heldout_set(cfg.eval_per_category, cfg.eval_repeats, cfg.eval_min_samples)
         self.probe = tuple(self.val.captions[::max(1, len(self.val.captions) // max(1, cfg.probe_captions))]
                            [:cfg.probe_captions])
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() if start is None else start
+        self.precision = cfg.resolved_precision()
 
     def job(self, entry: Entry | None, seed: int, lr: float, iterations: int, cs: protocol.CaptionSet,
             eval_seed: int, tag: str = "", probe: tuple[str, ...] = ()) -> Job:
@@ -153,7 +168,7 @@ class Demo:
                    batch_size=max(1, c.batch_size // c.grpo_group) if grpo else c.batch_size,
                    num_steps=c.num_steps, guidance=c.guidance, reward=c.reward, ema_decay=c.ema_decay,
                    out_dir=str(self.out / "runs" / folder), prompts=tuple(cs.prompts), eval_seed=eval_seed,
-                   eval_steps=c.eval_steps, probe=probe)
+                   eval_steps=c.eval_steps, probe=probe, precision=self.precision)
 
     def tune(self) -> tuple[dict[str, float], list[dict], JobResult]:
         """Phase 1: every tuned entry x lr on the validation captions (one seed), plus the base model on the
@@ -211,11 +226,12 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, ablation: bool = False) -> dic
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     load_start = os.getloadavg()
-    with Pool(cfg.workers) as pool:
-        demo = Demo(cfg, out, pool, ablation)
+    start = time.perf_counter()
+    with Pool(cfg.workers, log=lambda line: _log(line, start)) as pool:
+        demo = Demo(cfg, out, pool, ablation, start)
         _log(f"{len(demo.entries)} entries x {len(cfg.seeds)} seeds; validation {len(demo.val.prompts)} samples, "
              f"held-out {len(demo.held.captions)} captions / {len(demo.held.prompts)} samples; {cfg.workers} "
-             f"workers", demo.start)
+             f"workers; {demo.precision}", demo.start)
         t0 = time.perf_counter()
         chosen, tuning, base = demo.tune()
         tune_seconds = time.perf_counter() - t0
@@ -226,7 +242,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, ablation: bool = False) -> dic
     report = summarise(demo, chosen, tuning, base, runs)
     report.update(wall_seconds=round(wall, 1), tune_seconds=round(tune_seconds, 1),
                   load_average={"start": load_start, "end": os.getloadavg()}, ablation=ablation,
-                  settings=asdict(cfg))
+                  precision=demo.precision, settings=asdict(cfg))
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_report(report, demo, base, runs, out)
     for name, stats in report["methods"].items():

@@ -10,6 +10,7 @@ This module is the judge's side: it may use the evaluator (the reward itself, pa
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from leapalign.shapes.batches import sample_prompts
 from leapalign.shapes.evaluator import satisfiable, scene_objects
@@ -58,19 +59,42 @@ def compose_accuracy(model: ShapesParser, n: int = 512, seed: int = 12345,
     return out
 
 
+def smooth_attack(model: ShapesParser, images: torch.Tensor, captions: list[str], eps: torch.Tensor, steps: int,
+                  g: torch.Generator, factor: int) -> torch.Tensor:
+    """`attack` restricted to smooth perturbations: the perturbation lives on a grid `factor` times coarser than
+    the image, within the L-inf ball eps (B,), and is upsampled bilinearly (so it stays within eps), the way a
+    decoder from a coarse latent limits what a generator can draw. Returns the last iterate in [0, 1]."""
+    b, c, h, w = images.shape
+    if h % factor or w % factor:
+        raise ValueError(f"factor {factor} must divide the image side {h}x{w}")
+    r = eps.to(images.device)[:, None, None, None]
+
+    def draw(d: torch.Tensor) -> torch.Tensor:
+        return (images + F.interpolate(d, size=(h, w), mode="bilinear", align_corners=False)).clamp(0, 1)
+
+    d = r * (2 * torch.rand((b, c, h // factor, w // factor), generator=g).to(images.device) - 1)
+    for _ in range(steps):
+        d.requires_grad_(True)
+        (grad,) = torch.autograd.grad(compose_score(model(draw(d)), captions).sum(), d)
+        d = torch.minimum(torch.maximum(d.detach() + 2.5 / steps * r * grad.sign(), -r), r)
+    return draw(d).detach()
+
+
 def compose_hackability(model: ShapesParser, eps: float = 0.1, steps: int = 10, n: int = 256,
-                        seed: int = 12345) -> dict[str, float]:
+                        seed: int = 12345, smooth: int = 1) -> dict[str, float]:
     """Mean score of clean renders and the mean gain of a `steps`-step PGD ascent and of high-frequency sign
     noise at L-inf radius eps, for the true caption and for a false single edit (what a fine-tuned generator
-    would be paid for drawing a wrong scene more 'convincingly')."""
+    would be paid for drawing a wrong scene more 'convincingly'). smooth > 1: the PGD perturbation is drawn on a
+    grid that many times coarser (`smooth_attack`), the noise stays per pixel."""
     images, true, false, g = _renders(n, seed, model.cfg.image_size)
     r = torch.full((n,), eps)
-    out = {"eps": eps}
+    out = {"eps": eps, "smooth": smooth}
     for name, captions in (("true", true), ("false", false)):
         with torch.no_grad():
             clean = compose_score(model(images), captions)
             noisy = compose_score(model(high_frequency(images, r, g)), captions)
-        adv_x = attack(model, images, captions, r, steps, g)
+        adv_x = (attack(model, images, captions, r, steps, g) if smooth == 1 else
+                 smooth_attack(model, images, captions, r, steps, g, smooth))
         with torch.no_grad():
             adv = compose_score(model(adv_x), captions)
         out |= {f"{name}_clean": float(clean.mean()), f"{name}_adversarial_gain": float((adv - clean).mean()),
