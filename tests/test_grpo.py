@@ -239,7 +239,8 @@ def test_mix_grpo_with_the_whole_range_as_window_is_flow_grpo():
     model, noise, sig = setup()
     flow = METHODS["flow_grpo"].step(model, noise, sig, None, reward_fn, FlowGRPOConfig(group_size=G),
                                      torch.Generator().manual_seed(8))
-    mix = METHODS["mix_grpo"].step(model, noise, sig, None, reward_fn, MixGRPOConfig(group_size=G, window_size=T - 1),
+    mix = METHODS["mix_grpo"].step(model, noise, sig, None, reward_fn,
+                                   MixGRPOConfig(group_size=G, window_size=T - 1, range_end=T - 1),
                                    torch.Generator().manual_seed(8), iteration=7)
     assert float(mix.loss.detach()) == float(flow.loss.detach())
     assert_grads_close(grads(model, mix.loss), grads(model, flow.loss), rtol=0)
@@ -257,16 +258,17 @@ def test_mix_grpo_trains_only_inside_the_window():
     assert gb[[1, 2]].abs().sum(1).gt(0).all() and gb[[0, 3, 4, 5]].eq(0).all()
 
 
-def test_mix_window_slides_and_rolls_back():
+def test_mix_window_slides_shrinks_and_rolls_back():
     cfg = MixGRPOConfig(group_size=G, window_size=2, shift_interval=2, window_stride=1)
-    starts = [window(cfg, n, T)[0] for n in range(12)]  # T = 6: stochastic steps 0..4, window starts 0..3
-    assert starts == [0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 1, 1]
+    # T = 6: MixGRPO's max_timesteps T - 2 = 4, windows within steps 0..3, shrinking at the end
+    assert [window(cfg, n, T) for n in range(0, 12, 2)] == [[0, 1], [1, 2], [2, 3], [3], [0, 1], [1, 2]]
+    assert [window(cfg, n, T)[0] for n in range(4)] == [0, 0, 1, 1]
     ranged = MixGRPOConfig(group_size=G, window_size=2, shift_interval=1, window_stride=2, range_start=1, range_end=5)
-    assert [window(ranged, n, T) for n in range(3)] == [[1, 2], [3, 4], [2, 3]]
+    assert [window(ranged, n, T) for n in range(3)] == [[1, 2], [3, 4], [1, 2]]
     with pytest.raises(ValueError, match="window range"):
-        window(MixGRPOConfig(group_size=G, window_size=2, range_end=6), 0, T)  # step 5 is deterministic
+        window(MixGRPOConfig(group_size=G, window_size=2, range_end=6), 0, T)  # step 5 ends at sigma = 0
     with pytest.raises(ValueError, match="window range"):
-        window(MixGRPOConfig(group_size=G, window_size=6), 0, T)
+        window(MixGRPOConfig(group_size=G, window_size=2, range_start=4), 0, T)
 
 
 # ---- options, determinism, arguments ----
@@ -310,8 +312,11 @@ def test_registry_entries_declare_what_the_trainer_must_pass():
     for name in ("leapalign", "refl", "draft", "draft_lv", "drtune", "full"):
         m = METHODS[name]
         assert m.samples_per_prompt(m.config()) == 1 and not m.needs_reference(m.config()) and not m.uses_iteration
+        assert m.needs_reward_gradient and not m.keeps_rollouts(m.config())
     flow, mix = METHODS["flow_grpo"], METHODS["mix_grpo"]
-    assert flow.samples_per_prompt(flow.config(group_size=5)) == 5 and not flow.uses_iteration and mix.uses_iteration
+    assert flow.samples_per_prompt(flow.config(group_size=5)) == 5 and flow.uses_iteration and mix.uses_iteration
+    assert not flow.needs_reward_gradient and not mix.needs_reward_gradient
+    assert mix.keeps_rollouts(mix.config(updates_per_rollout=2)) and not flow.keeps_rollouts(flow.config())
     assert flow.needs_reference(flow.config(kl_beta=0.04)) and not flow.needs_reference(flow.config())
 
 
@@ -325,7 +330,9 @@ def test_registry_entries_declare_what_the_trainer_must_pass():
     (FlowGRPOConfig, {"diffusion": "ddim"}, "diffusion"),
     (FlowGRPOConfig, {"kl_beta": -1.0}, "kl_beta"),
     (MixGRPOConfig, {"window_size": 0}, "window_size"),
-    (MixGRPOConfig, {"window_size": 3, "range_start": 2, "range_end": 4}, "window range"),
+    (MixGRPOConfig, {"range_start": 3, "range_end": 3}, "window range"),
+    (FlowGRPOConfig, {"kl": "approx"}, "kl must be"),
+    (FlowGRPOConfig, {"updates_per_rollout": 0}, "updates_per_rollout"),
     (MixGRPOConfig, {"range_start": -1}, "range_start"),
 ])
 def test_bad_arguments_say_what_to_change(cls, kwargs, match):

@@ -186,18 +186,20 @@ def sde_diffusion(s: float | torch.Tensor, s_next: float | torch.Tensor, noise_l
 
 
 def sde_step_mean_std(x: torch.Tensor, v: torch.Tensor, s: float | torch.Tensor, s_next: float | torch.Tensor,
-                      noise_level: float, diffusion: str = "flow_grpo") -> tuple[torch.Tensor, torch.Tensor]:
+                      noise_level: float, diffusion: str = "flow_grpo",
+                      stochastic_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean (B, ...) and std (0-d) of the Gaussian step x_{s'} | x_s, computed in at least float32.
 
-    The final step to s' = 0 is deterministic: std = 0 and the mean is the plain Euler step (the SDE drift's
-    eps_hat / s term would add noise-estimate error for nothing: no noise is injected to compensate).
-    Flow-GRPO computes in float32 because the drift overflows in bf16.
+    The final step to s' = 0 is deterministic by default: std = 0 and the mean is the plain Euler step (the SDE
+    drift's eps_hat / s term would add noise-estimate error for nothing). stochastic_last: take the SDE step
+    there too (std g_s sqrt(s)), as Flow-GRPO's rollouts do. Flow-GRPO computes in float32 because the drift
+    overflows in bf16.
     """
     dtype = torch.promote_types(x.dtype, torch.float32)
     x, v = x.to(dtype), v.to(dtype)
     s = torch.as_tensor(s, dtype=dtype, device=x.device)
     s_next = torch.as_tensor(s_next, dtype=dtype, device=x.device)
-    if float(s_next) == 0.0:
+    if float(s_next) == 0.0 and not stochastic_last:
         return euler_step(x, v, s, s_next), torch.zeros((), dtype=dtype, device=x.device)
     g = sde_diffusion(s, s_next, noise_level, diffusion).to(device=x.device, dtype=dtype)
     eps_hat = x + (1 - s) * v  # (B, ...)
@@ -213,8 +215,10 @@ def gaussian_log_prob(x_next: torch.Tensor, mean: torch.Tensor, std: torch.Tenso
     return lp.expand_as(mean).flatten(1).sum(1)
 
 
-def step_mask(sde_steps: torch.Tensor | list[int] | range, num_steps: int) -> torch.Tensor:
-    """A (T,) bool mask from a mask or an index set; the final step (to sigma = 0) must stay deterministic."""
+def step_mask(sde_steps: torch.Tensor | list[int] | range, num_steps: int,
+              stochastic_last: bool = False) -> torch.Tensor:
+    """A (T,) bool mask from a mask or an index set; the final step (to sigma = 0) stays deterministic unless
+    stochastic_last."""
     if isinstance(sde_steps, torch.Tensor) and sde_steps.dtype == torch.bool:
         mask = sde_steps.cpu()
         if mask.shape != (num_steps,):
@@ -222,12 +226,12 @@ def step_mask(sde_steps: torch.Tensor | list[int] | range, num_steps: int) -> to
     else:
         idx = [int(i) for i in sde_steps]
         if any(not 0 <= i < num_steps for i in idx):
-            raise ValueError(f"sde_steps indices must lie in [0, T-2 = {num_steps - 2}], got {idx}")
+            raise ValueError(f"sde_steps indices must lie in [0, T-1 = {num_steps - 1}], got {idx}")
         mask = torch.zeros(num_steps, dtype=torch.bool)
         mask[idx] = True
-    if bool(mask[-1]):
+    if bool(mask[-1]) and not stochastic_last:
         raise ValueError(f"step T-1 = {num_steps - 1} ends at sigma = 0 and is deterministic; keep sde_steps in "
-                         f"[0, T-2 = {num_steps - 2}]")
+                         f"[0, T-2 = {num_steps - 2}] or set stochastic_last")
     return mask
 
 
@@ -240,6 +244,7 @@ def sample_sde_trajectory(
     sde_steps: torch.Tensor | list[int] | range,
     generator: torch.Generator,
     diffusion: str = "flow_grpo",
+    stochastic_last: bool = False,
 ) -> SDETrajectory:
     """Roll out from `noise` (B, ...) without gradient: SDE on `sde_steps`, Euler elsewhere (MixGRPO's window).
 
@@ -249,7 +254,7 @@ def sample_sde_trajectory(
     """
     check_schedule(sigmas)
     num_steps = sigmas.shape[0] - 1
-    mask = step_mask(sde_steps, num_steps)
+    mask = step_mask(sde_steps, num_steps, stochastic_last)
     sig = sigmas.to(device=noise.device)
     steps, log_probs = [noise], torch.zeros(num_steps, noise.shape[0], dtype=torch.float64, device=noise.device)
     with torch.no_grad():
@@ -259,7 +264,7 @@ def sample_sde_trajectory(
                 steps.append(_euler(velocity, x, sig, i, cond))
                 continue
             v = velocity(x, sig[i].expand(x.shape[0]).to(x.dtype), cond)
-            mean, std = sde_step_mean_std(x, v, sig[i], sig[i + 1], noise_level, diffusion)
+            mean, std = sde_step_mean_std(x, v, sig[i], sig[i + 1], noise_level, diffusion, stochastic_last)
             z = torch.randn(x.shape, generator=generator, dtype=mean.dtype).to(x.device)
             x_next = (mean + std * z).to(x.dtype)
             log_probs[i] = gaussian_log_prob(x_next, mean, std).to(torch.float64)

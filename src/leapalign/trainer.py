@@ -37,7 +37,7 @@ from leapalign.metrics_log import MetricsLog, read_history, truncate_history
 from leapalign.models import build_model, use_embedding_cache
 from leapalign.outputs import prepare_output_dir
 from leapalign.reference import ReferenceVelocity
-from leapalign.rewards import load_reward
+from leapalign.rewards import load_reward, require_differentiable
 from leapalign.rewards.composite import CompositeReward
 
 
@@ -86,6 +86,7 @@ class Run:
     reference: ReferenceVelocity | None  # the initial weights, for methods with a KL term to them
     snapshot: bool  # keep a copy to undo a non-finite update (see SNAPSHOT_MAX_ELEMENTS)
     log: MetricsLog | None = None
+    rollouts: dict = field(default_factory=dict)  # a sampled batch the GRPO family reuses (updates_per_rollout)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -183,6 +184,8 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
     order = PromptOrder(load_prompts(cfg.data.prompts), cfg.seed, cfg.data.shuffle)
     eval_prompts = spread(load_prompts(cfg.eval.prompts), cfg.eval.num_prompts) if cfg.eval.prompts else []
     method, method_cfg = get_method(cfg.method.name), method_config(cfg)
+    if method.needs_reward_gradient:  # a rule reward has no pixel gradient: refuse before loading any model
+        require_differentiable([t.name for t in composite_terms(cfg)] or [cfg.reward.name], method.name)
     adapter = build_model(cfg, device)
     if cfg.model.embedding_cache:
         with accelerator.main_process_first():  # one writer; the other ranks then find every entry valid
@@ -284,6 +287,8 @@ def micro_step(run: Run, step: int, micro: int) -> dict[str, float]:
         extra["reference"] = run.reference
     if run.method.uses_iteration:
         extra["iteration"] = step
+    if run.method.keeps_rollouts(run.method_cfg):
+        extra["rollouts"] = run.rollouts
 
     def reward_fn(x0: torch.Tensor) -> torch.Tensor:
         return run.reward(run.adapter.decode(x0), prompts)  # (B,)

@@ -124,16 +124,21 @@ class GenEvalDetector:
             self._classifiers[name] = torch.stack(rows).to(self.device)
         return self._classifiers[name]
 
+    def with_colors(self, image: torch.Tensor, meta: dict, detections: list[Detection]) -> list[Detection]:
+        """The detections with the colour of those whose class a clause of `meta` needs coloured (the rest
+        None, as GenEval classifies only those); image (3, H, W) in [0, 1]."""
+        needs_color = {req["class"] for req in meta["include"] if "color" in req}
+        colored = [d for d in detections if d.label in needs_color]
+        colors = dict(zip(map(id, colored), self.classify_colors(image, colored)))
+        return [Detection(d.label, d.score, d.box, colors.get(id(d)), d.mask) for d in detections]
+
     def evaluate(self, images: torch.Tensor, metadata: list[dict], **rules) -> list[dict]:
         """images (B, 3, H, W) in [0, 1] with one GenEval metadata row each -> per image {"tag", "prompt",
         "correct", "reason", "detections": {class: [[x0, y0, x1, y1, score, colour], ...]}}; `rules` are
         evaluate_image's keyword options (thresholds, margins)."""
         results = []
         for image, meta, dets in zip(images, metadata, self.detect(images)):
-            needs_color = {req["class"] for req in meta["include"] if "color" in req}
-            colored = [d for d in dets if d.label in needs_color]
-            colors = dict(zip(map(id, colored), self.classify_colors(image, colored)))
-            dets = [Detection(d.label, d.score, d.box, colors.get(id(d)), d.mask) for d in dets]
+            dets = self.with_colors(image, meta, dets)
             correct, reason = evaluate_image(dets, meta, **rules)
             found: dict[str, list] = {}
             for d in dets:

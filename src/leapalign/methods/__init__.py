@@ -10,9 +10,11 @@ declared on the registry entry so that the direct-gradient methods keep the plai
     extra = {}
     if m.needs_reference(cfg): extra["reference"] = frozen_velocity   # e.g. the LoRA-disabled base model
     if m.uses_iteration: extra["iteration"] = step                     # global iteration (MixGRPO's window)
+    if m.keeps_rollouts(cfg): extra["rollouts"] = run_dict             # one dict per run (updates per rollout)
     out = m.step(velocity, noise, sigmas, cond, reward_fn, cfg, generator, backward=backward, **extra)
 
-Those keywords exist only on the steps that declare them: passing them elsewhere fails loudly.
+Those keywords exist only on the steps that declare them: passing them elsewhere fails loudly. The GRPO entries
+also say `needs_reward_gradient=False`: they alone take a non-differentiable (rule) reward.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ METHODS: dict[str, Method] = {
     "drtune": Method("drtune", drtune.DRTuneConfig, drtune.step),
     "full": Method("full", full.FullConfig, full.step),
     "flow_grpo": Method("flow_grpo", grpo.FlowGRPOConfig, grpo.step, samples_per_prompt=grpo.group_size,
-                        needs_reference=grpo.uses_kl),
+                        needs_reference=grpo.uses_kl, uses_iteration=True, keeps_rollouts=grpo.reuses_rollouts,
+                        needs_reward_gradient=False),
     "mix_grpo": Method("mix_grpo", mix_grpo.MixGRPOConfig, mix_grpo.step, samples_per_prompt=grpo.group_size,
-                       needs_reference=grpo.uses_kl, uses_iteration=True),
+                       needs_reference=grpo.uses_kl, uses_iteration=True, keeps_rollouts=grpo.reuses_rollouts,
+                       needs_reward_gradient=False),
 }
 
 

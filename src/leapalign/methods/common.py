@@ -95,7 +95,7 @@ def one_sample_per_prompt(cfg: Any) -> int:
     return 1
 
 
-def no_reference(cfg: Any) -> bool:
+def never(cfg: Any) -> bool:
     return False
 
 
@@ -108,11 +108,17 @@ class Method:
     needs_reference(cfg): whether step takes `reference=` (the frozen base velocity); a function of the config
         so that a KL weight of 0 costs no frozen model copy.
     uses_iteration: whether step takes `iteration=` (the global training iteration; MixGRPO's window position).
+    keeps_rollouts(cfg): whether step takes `rollouts=` (a dict the trainer keeps for the whole run, in which the
+        GRPO family stores a sampled batch that several updates reuse).
+    needs_reward_gradient: whether the loss backpropagates the reward into the pixels (every direct-gradient
+        method); such a method refuses a reward marked `differentiable = False` (rewards.require_differentiable).
     """
 
     name: str
     config: type
     step: MethodStep
     samples_per_prompt: Callable[[Any], int] = one_sample_per_prompt
-    needs_reference: Callable[[Any], bool] = no_reference
+    needs_reference: Callable[[Any], bool] = never
     uses_iteration: bool = False
+    keeps_rollouts: Callable[[Any], bool] = never
+    needs_reward_gradient: bool = True

@@ -3,7 +3,8 @@ loads no model code.
 
 A factory is a class with `from_pretrained(path=None, *, device="cpu", dtype=torch.float32)` or a function
 with that signature; either returns a Reward (`reward(images (B, 3, H, W) in [0, 1], prompts) -> (B,)`).
-Users register their own by passing "package.module:function" as the name.
+Users register their own by passing "package.module:function" as the name. A factory with the attribute
+`differentiable = False` (the rule rewards) gives no pixel gradient: only the policy-gradient methods take it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ REWARDS: dict[str, str] = {
     "shapes": "leapalign.rewards.shapes:ShapesReward",
     "detector": "leapalign.rewards.detector:DetectorReward",
     "shapes-compose": "leapalign.rewards.shapes_compose:ShapesComposeReward",
+    # rule rewards: verdicts of the GenEval rule engine, no gradient (differentiable = False)
+    "shapes-rules": "leapalign.rewards.shapes_rules:ShapesRulesReward",
+    "shapes-rules-strict": "leapalign.rewards.shapes_rules:ShapesRulesStrictReward",
+    "geneval": "leapalign.rewards.geneval_reward:GenEvalReward",
+    "geneval-strict": "leapalign.rewards.geneval_reward:GenEvalStrictReward",
 }
 
 
@@ -42,6 +48,16 @@ def resolve_factory(name: str):
     if not hasattr(module, attr):
         raise ValueError(f"reward {name!r}: module {module_name!r} has no attribute {attr!r}")
     return getattr(module, attr)
+
+
+def require_differentiable(names: list[str], method: str) -> None:
+    """Refuse, in one line, a reward whose factory says `differentiable = False` (a rule verdict) for a method
+    that backpropagates the reward into the pixels. Checked by name, before any model is loaded."""
+    for name in names:
+        if not getattr(resolve_factory(name), "differentiable", True):
+            raise ValueError(f"method {method} needs the reward's gradient w.r.t. the pixels, but reward {name!r} is "
+                             f"a non-differentiable rule verdict; train it with method.name=flow_grpo or mix_grpo, "
+                             f"or choose a differentiable reward")
 
 
 def load_reward(
