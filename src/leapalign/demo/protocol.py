@@ -144,8 +144,8 @@ def reachable_steps(method: str, args: dict, num_steps: int) -> str:
     if method == "flow_grpo":
         return f"SDE steps 0-{num_steps - 2} (fraction {cfg.timestep_fraction} per rollout)"
     if method == "mix_grpo":
-        end = num_steps - 1 if cfg.range_end is None else cfg.range_end
-        return (f"a window of {cfg.window_size} SDE steps sliding over {cfg.range_start}-{end - 1} "
+        end = num_steps - 2 if cfg.range_end is None else cfg.range_end
+        return (f"a window of up to {cfg.window_size} SDE steps sliding over {cfg.range_start}-{end - 1} "
                 f"every {cfg.shift_interval} iterations")
     return "?"
 

@@ -54,6 +54,8 @@ class DemoConfig:
     alpha: float = option(0.3, "LeapAlign's nested-term discount")
     ema_decay: float = option(0.0, "EMA of the weights used for evaluation (0 = final weights)")
     grpo_group: int = option(4, "GRPO group size G (samples per prompt)")
+    grpo_args: dict = option({}, "further flow_grpo / mix_grpo arguments, e.g. grpo_args.updates_per_rollout=2 "
+                             "grpo_args.kl_beta=0.04 (methods/grpo.py: FlowGRPOConfig)")
     equal_time: bool = option(True, "GRPO methods also run with iterations scaled to LeapAlign's training time")
     precision: str = option("auto", "bf16: bfloat16 autocast in training (float32 master weights) and evaluation "
                             "sampling; fp32: float32 throughout; auto: bf16 where the CPU has native bfloat16 dot "
@@ -89,6 +91,10 @@ class DemoConfig:
             raise ValueError(f"lr must be > 0 or none (tune over lrs), got {self.lr}")
         if self.grpo_group < 2:
             raise ValueError(f"grpo_group must be >= 2, got {self.grpo_group}")
+        try:
+            get_method("flow_grpo").config(group_size=self.grpo_group, **self.grpo_args)
+        except TypeError as err:
+            raise ValueError(f"grpo_args: {err}; see leapalign train --list-keys method.name=flow_grpo") from None
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
 
@@ -126,10 +132,11 @@ def entries(cfg: DemoConfig, ablation: bool) -> list[Entry]:
                 Entry("one leap", "leapalign", {**base, "leaps": 1})]
     out = []
     for m in cfg.methods:
-        args = {"alpha": cfg.alpha} if m == "leapalign" else {"group_size": cfg.grpo_group} if m in GRPO else {}
-        if m == "mix_grpo":  # MixGRPO's window of 4 steps, sliding over all SDE steps once during training
-            window = min(4, cfg.num_steps - 1)
-            args.update(window_size=window, shift_interval=max(1, cfg.iterations // (cfg.num_steps - window)))
+        args = ({"alpha": cfg.alpha} if m == "leapalign" else {"group_size": cfg.grpo_group, **cfg.grpo_args}
+                if m in GRPO else {})
+        if m == "mix_grpo":  # MixGRPO's window of 4 steps, its start sliding once over steps 0..T-3 in training
+            args.update(window_size=min(4, cfg.num_steps - 2),
+                        shift_interval=max(1, cfg.iterations // max(1, cfg.num_steps - 2)))
         out.append(Entry(m, m, args))
     return out
 
