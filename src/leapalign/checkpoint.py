@@ -1,7 +1,10 @@
 """Atomic, validated, retention-limited training checkpoints.
 
 Layout: OUTPUT_DIR/checkpoints/step_0000050/ holding accelerate's state (trainable weights only, optimizer,
-scheduler, RNG states of every process), trainer_state_<rank>.pt (EMA shadow, counters) per process,
+scheduler, RNG states of every process) or, under FSDP, `sharded/` (torch.distributed.checkpoint: the trainable
+weights, their EMA and the optimizer state, each process writing its shards; the run's randomness all comes from
+explicit generators seeded by position, so no RNG state is needed), trainer_state_<rank>.pt (EMA shadow unless
+sharded, counters, under FSDP the scheduler) per process,
 config.yaml and meta.json (step, library version, file sizes). Every process writes into a temporary
 directory that the main process renames into place after all writes, so a killed run never leaves a
 half-written checkpoint under a valid name. `problem` catches what happens afterwards: meta.json's sizes a
@@ -25,6 +28,7 @@ from safetensors import SafetensorError, safe_open
 import leapalign
 
 META = "meta.json"
+SHARDED = "sharded"
 
 
 def checkpoint_dirs(root: Path) -> list[Path]:
@@ -87,15 +91,22 @@ def latest_valid(root: Path) -> Path | None:
     return None
 
 
-def save(accelerator, root: Path, step: int, trainer_state: dict, config: dict, keep: int) -> Path:
-    """Write checkpoint `step` from every process; returns its final path."""
+def save(accelerator, root: Path, step: int, trainer_state: dict, config: dict, keep: int,
+         sharded: dict | None = None) -> Path:
+    """Write checkpoint `step` from every process; returns its final path. `sharded`: the FSDP state
+    (sharding.sharded_state), written instead of accelerate's."""
     final = root / f"step_{step:07d}"
     tmp = root / f".tmp_step_{step:07d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    if sharded is None:
+        accelerator.save_state(str(tmp))
+    else:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(sharded, checkpoint_id=str(tmp / SHARDED))
     torch.save(trainer_state, tmp / f"trainer_state_{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -114,12 +125,33 @@ def save(accelerator, root: Path, step: int, trainer_state: dict, config: dict, 
     return final
 
 
-def load(accelerator, path: Path) -> dict:
-    """Restore accelerate's state from `path` and return this process's trainer state."""
+def load(accelerator, path: Path, sharded: dict | None = None) -> dict:
+    """Restore accelerate's state (or, under FSDP, load into `sharded` in place) from `path` and return this
+    process's trainer state."""
     meta = json.loads((path / META).read_text())
     if meta["world_size"] != accelerator.num_processes:
         raise ValueError(f"checkpoint {path} was written by {meta['world_size']} processes, this run has "
                          f"{accelerator.num_processes}; resume with the same number of processes")
-    # strict=False: the saved model state holds the trainable parameters only (see trainer's save hook).
-    accelerator.load_state(str(path), strict=False)
+    if (sharded is None) != (not (path / SHARDED).is_dir()):
+        raise ValueError(f"checkpoint {path} was written " + ("under FSDP" if sharded is None else "without FSDP")
+                         + "; resume it with the same accelerate configuration")
+    if sharded is None:
+        # strict=False: the saved model state holds the trainable parameters only (see trainer's save hook).
+        accelerator.load_state(str(path), strict=False)
+    else:
+        import torch.distributed.checkpoint as dcp
+
+        dcp.load(sharded, checkpoint_id=str(path / SHARDED))
     return torch.load(path / f"trainer_state_{accelerator.process_index}.pt", map_location="cpu", weights_only=False)
+
+
+def read_sharded(path: Path, like: dict[str, torch.Tensor], ema: bool) -> dict[str, torch.Tensor]:
+    """Full tensors (named and shaped as `like`) of an FSDP checkpoint's trainable weights, or of their EMA when
+    ema=True and the run kept one, read in one process (torch.distributed.checkpoint reassembles the shards)."""
+    import torch.distributed.checkpoint as dcp
+
+    reader = dcp.FileSystemReader(str(path / SHARDED))
+    part = "ema" if ema and any(k.startswith("ema.") for k in reader.read_metadata().state_dict_metadata) else "model"
+    state = {part: {n: torch.empty_like(t, device="cpu") for n, t in like.items()}}
+    dcp.load(state, storage_reader=reader, no_dist=True)
+    return state[part]

@@ -49,7 +49,8 @@ def load_trained(weights_dir: str | Path, *, ema: bool = True, device: torch.dev
     d = Path(weights_dir)
     if (d / "final").is_dir():
         d = d / "final"
-    is_checkpoint = (d / "meta.json").is_file() and (d / "model.safetensors").is_file()
+    sharded = (d / checkpoint.SHARDED).is_dir()  # written under FSDP
+    is_checkpoint = (d / "meta.json").is_file() and ((d / "model.safetensors").is_file() or sharded)
     if not (d / "config.yaml").is_file() or not (is_checkpoint or (d / "weights.safetensors").is_file()):
         raise FileNotFoundError(f"{weights_dir} holds no trained weights (expected a run directory, its final/ "
                                 f"directory or a checkpoints/step_* directory written by `leapalign train`)")
@@ -61,7 +62,10 @@ def load_trained(weights_dir: str | Path, *, ema: bool = True, device: torch.dev
     cfg = from_dict(yaml.safe_load((d / "config.yaml").read_text()))
     adapter = build_model(cfg, device)
     names = [n for n, p in adapter.transformer.named_parameters() if p.requires_grad]
-    if is_checkpoint:
+    if sharded and is_checkpoint:
+        params = dict(adapter.transformer.named_parameters())
+        state = checkpoint.read_sharded(d, {n: params[n].detach() for n in names}, ema)
+    elif is_checkpoint:
         # accelerate saved the (DDP-wrapped) trainable weights; the EMA shadow is a list in parameter order.
         state = {k.removeprefix("module."): v for k, v in load_file(str(d / "model.safetensors")).items()}
         ema_state = torch.load(d / "trainer_state_0.pt", map_location="cpu", weights_only=False)["ema"]

@@ -25,7 +25,7 @@ from accelerate.utils import DistributedType
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from leapalign import checkpoint, evaluate, resume_guard
+from leapalign import checkpoint, evaluate, resume_guard, sharding
 from leapalign.allocator import keep_freed_memory
 from leapalign.adapters.lora import save_lora
 from leapalign.config import TrainConfig, composite_terms, config_yaml, method_config, to_dict, validate
@@ -81,7 +81,9 @@ class Run:
     velocity: Any  # adapter.velocity, under inference_mode for no-grad calls when configured
     optimizer: torch.optim.Optimizer
     scheduler: Any
-    params: list[torch.nn.Parameter]  # what is clipped and EMA'd (FSDP: the flat shards)
+    params: list[torch.nn.Parameter]  # what is clipped and EMA'd (FSDP: DTensors holding this process's shards)
+    names: list[str]  # the plain parameter names of `params`, in order
+    sharded: bool  # FSDP2: parameters are DTensor shards (sharding.py)
     ema: EMA | None
     reference: ReferenceVelocity | None  # the initial weights, for methods with a KL term to them
     snapshot: bool  # keep a copy to undo a non-finite update (see SNAPSHOT_MAX_ELEMENTS)
@@ -113,6 +115,9 @@ def train(cfg: TrainConfig, *, progress: bool = True) -> TrainResult:
     # would step it num_processes times).
     accelerator = Accelerator(mixed_precision=cfg.mixed_precision, step_scheduler_with_optimizer=False)
     try:
+        state = accelerator.state
+        sharding.check_launch(accelerator.num_processes, accelerator.distributed_type.value,
+                              state.fsdp_plugin.fsdp_version if getattr(state, "fsdp_plugin", None) else None)
         path, changed = resume_point(cfg)  # before setup: a refused resume must not wait for a 12B model to load
         run = setup(cfg, accelerator)
         counters = resume(run, path, changed)
@@ -186,6 +191,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
     method, method_cfg = get_method(cfg.method.name), method_config(cfg)
     if method.needs_reward_gradient:  # a rule reward has no pixel gradient: refuse before loading any model
         require_differentiable([t.name for t in composite_terms(cfg)] or [cfg.reward.name], method.name)
+    # LoRA's random init (peft draws it from torch's global generator) is a function of the seed: every process
+    # builds the same model, as FSDP (which shards each process's own copy) requires.
+    torch.manual_seed(cfg.seed)
     adapter = build_model(cfg, device)
     if cfg.model.embedding_cache:
         with accelerator.main_process_first():  # one writer; the other ranks then find every entry valid
@@ -202,8 +210,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
     # From here on adapter.velocity runs the wrapped (DDP/FSDP, autocast) module.
     adapter.transformer, optimizer, scheduler = accelerator.prepare(adapter.transformer, optimizer, scheduler)
-    params = [p for p in adapter.transformer.parameters() if p.requires_grad]  # FSDP replaces them by flat shards
-    trainable = {n for n, p in adapter.transformer.named_parameters() if p.requires_grad}
+    names, params = zip(*[(n, p) for n, p in adapter.transformer.named_parameters() if p.requires_grad])
+    names, params, trainable = list(names), list(params), set(names)  # FSDP replaced them by DTensor shards
+    sharded = sharding.is_sharded(adapter.transformer)
 
     def keep_trainable(models, weights, output_dir):
         # Checkpoints hold the trainable weights only (a LoRA checkpoint must not copy the frozen base model).
@@ -212,13 +221,15 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
                 del state[key]
 
     accelerator.register_save_state_pre_hook(keep_trainable)
-    velocity = inference_rollout(adapter.velocity) if m.inference_rollout else adapter.velocity
+    # FSDP: plain no_grad rollout (sharding.py says why inference mode cannot be used there).
+    velocity = inference_rollout(adapter.velocity) if m.inference_rollout and not sharded else adapter.velocity
     return Run(cfg, accelerator, adapter, reward, method, method_cfg, order, eval_prompts,
                sigmas=adapter.sigmas(m.num_steps, m.height, m.width), velocity=velocity,
-               optimizer=optimizer, scheduler=scheduler, params=params,
+               optimizer=optimizer, scheduler=scheduler, params=params, names=names, sharded=sharded,
                ema=EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None,
                # taken before resume, so it holds the base weights whatever checkpoint is loaded next
-               reference=ReferenceVelocity(velocity, params) if method.needs_reference(method_cfg) else None,
+               reference=(ReferenceVelocity(velocity, params, adapter.transformer if sharded else None)
+                          if method.needs_reference(method_cfg) else None),
                snapshot=sum(p.numel() for p in params) <= SNAPSHOT_MAX_ELEMENTS)
 
 
@@ -256,9 +267,15 @@ def resume(run: Run, path: Path | None, changed: list[str]) -> Counters:
         if main:
             truncate_history(run.out_dir / "metrics.jsonl", 0)
         return Counters()
-    state = checkpoint.load(accelerator, path)
-    if run.ema is not None:
-        run.ema.load_state_dict(state["ema"])
+    if run.sharded:  # loaded in place: weights, EMA shadow, optimizer; the scheduler from the trainer state
+        shards = _sharded_state(run)
+        state = checkpoint.load(accelerator, path, shards)
+        sharding.load_optimizer(run.model, run.optimizer.optimizer, shards)
+        run.scheduler.scheduler.load_state_dict(state["scheduler"])
+    else:
+        state = checkpoint.load(accelerator, path)
+        if run.ema is not None:
+            run.ema.load_state_dict(state["ema"])
     if main:
         print(f"resuming from {path} (iteration {state['step']})"
               + (f" with changed settings: {'; '.join(changed)}" if changed else ""))
@@ -346,7 +363,7 @@ def optimizer_step(run: Run, counters: Counters, metrics: dict[str, float]) -> b
 
 def _all_finite(run: Run, tensors: list[torch.Tensor]) -> bool:
     """Whether every value on every process is finite: one fused norm per tensor, one reduction, one sync."""
-    total = sum((torch.linalg.vector_norm(t.detach(), dtype=torch.float32) for t in tensors),
+    total = sum((torch.linalg.vector_norm(sharding.local(t.detach()), dtype=torch.float32) for t in tensors),
                 torch.zeros((), device=run.accelerator.device))
     return math.isfinite(float(run.accelerator.reduce(total, reduction="sum")))
 
@@ -416,9 +433,16 @@ def _require_finite(run: Run, what: str) -> None:
 def save_checkpoint(run: Run, counters: Counters) -> None:
     _require_finite(run, f"the checkpoint of iteration {counters.step}")
     state = {"step": counters.step, "skipped": counters.skipped, "consecutive": counters.consecutive,
-             "ema": run.ema.state_dict() if run.ema is not None else None}
+             "ema": run.ema.state_dict() if run.ema is not None and not run.sharded else None}
+    if run.sharded:
+        state["scheduler"] = run.scheduler.scheduler.state_dict()
     checkpoint.save(run.accelerator, run.out_dir / "checkpoints", counters.step, state, to_dict(run.cfg),
-                    run.cfg.keep_checkpoints)
+                    run.cfg.keep_checkpoints, _sharded_state(run) if run.sharded else None)
+
+
+def _sharded_state(run: Run) -> dict:
+    return sharding.sharded_state(run.model, run.optimizer.optimizer, run.names, run.params,
+                                  run.ema.shadow if run.ema is not None else None)
 
 
 def save_final(run: Run) -> tuple[Path, Path | None]:
@@ -437,8 +461,8 @@ def save_final(run: Run) -> tuple[Path, Path | None]:
                 save_file(ema_state, str(ema_path))
             (final / "config.yaml").write_text(config_yaml(run.cfg))
             if run.cfg.model.lora_rank > 0 and hasattr(run.adapter, "pipe"):
-                with unwrapped(run):
-                    save_lora(run.adapter, final / "lora")
+                with unwrapped(run):  # from the gathered weights: under FSDP the module holds shards
+                    save_lora(run.adapter, final / "lora", ema_state if ema is not None else state)
     accelerator.wait_for_everyone()
     return weights, ema_path
 

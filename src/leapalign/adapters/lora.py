@@ -91,14 +91,18 @@ def set_full_finetuning(adapter) -> list[torch.nn.Parameter]:
     return adapter.trainable_parameters()
 
 
-def save_lora(adapter, out_dir: str | os.PathLike) -> Path:
-    """Write the LoRA in diffusers' format: `pipe.load_lora_weights(out_dir)` loads it (rank and alpha)."""
+def save_lora(adapter, out_dir: str | os.PathLike, weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write the LoRA in diffusers' format: `pipe.load_lora_weights(out_dir)` loads it (rank and alpha).
+
+    `weights`: full tensors by parameter name to export instead of the module's own (an FSDP-sharded module holds
+    only this process's shards; the trainer passes the gathered weights)."""
     from peft.utils import get_peft_model_state_dict
 
     transformer = adapter.transformer
     if not getattr(transformer, "peft_config", None):
         raise ValueError("this transformer has no LoRA to export; apply_lora first, or save merged/full weights")
-    state = {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(transformer).items()}
+    state = {k: v.detach().to("cpu").contiguous()
+             for k, v in get_peft_model_state_dict(transformer, state_dict=weights).items()}
     out = Path(out_dir)
     type(adapter.pipe).save_lora_weights(
         out, transformer_lora_layers=state,
