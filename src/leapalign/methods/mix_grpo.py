@@ -9,7 +9,7 @@ every `shift_interval` iterations from `range_start`, the window is
     steps c .. min(c + window_size, M) - 1,   M = range_end (None: T - 2, MixGRPO's max_timesteps)
 
 so windows shrink at the end of the range, and c rolls back to `range_start` once it passes the last start that
-leaves a step (official: once c > M; at c = M its window is empty and its script has nothing to train, so that
+leaves a step (official: once c > M; at c = M its window is empty and its loop has nothing to train, so that
 position is skipped here). Steps T-2 and T-1 are never trained with the default range. Cost per iteration: T
 no-grad forwards plus one grad forward/backward per trained step in the window. With range_end = T - 1 and a
 window over all of [0, T-1) MixGRPO is Flow-GRPO.
