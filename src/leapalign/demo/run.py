@@ -24,6 +24,7 @@ from leapalign.demo import analysis, protocol
 from leapalign.demo.parallel import Job, JobResult, Pool
 from leapalign.demo.report import summarise, write_report
 from leapalign.methods import get_method
+from leapalign.rewards import require_differentiable
 from leapalign.types import option
 
 GRPO = ("flow_grpo", "mix_grpo")
@@ -67,7 +68,8 @@ class DemoConfig:
 
     def __post_init__(self) -> None:
         for name in self.methods:
-            get_method(name)
+            if get_method(name).needs_reward_gradient:  # a rule reward (shapes-rules) is for flow_grpo, mix_grpo
+                require_differentiable([self.reward], name)
         if not self.methods:
             raise ValueError("demo needs at least one method")
         if not self.seeds:
