@@ -100,6 +100,10 @@ def test_rule_rewards_need_no_gradient_and_direct_gradient_methods_refuse_them(t
             train(toy_config(tmp_path / method, method__name=method, method__args={}, reward__name="shapes-rules"),
                   progress=False)
     assert not (tmp_path / "leapalign" / "run" / "final").exists()
+    from leapalign.cli import main
+
+    assert main(["demo", "--out", str(tmp_path / "demo"), "reward=shapes-rules", "methods=flow_grpo,refl"]) == 2
+    assert not (tmp_path / "demo" / "runs").exists()
 
 
 def test_grpo_trains_on_the_rule_reward_without_its_gradient():
