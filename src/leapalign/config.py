@@ -4,8 +4,10 @@ A YAML file mirrors the dataclasses: top-level run fields plus the sections `mod
 `data` and `eval`. Overrides use dotted keys (`optim.lr=5e-6`, `method.args.alpha=0.1`); the value is parsed as
 YAML (`none`/`null` -> None, `[0.9, 0.99]` -> a list); a str field that must not be None (`logger`, `resume`, ...)
 reads None as the string 'none', so `logger=none` means the documented choice and validation decides whether
-'none' is valid there. Unknown keys, ill-typed and non-finite values raise ValueError naming the key and the
-valid choices, so that the CLI can print one line.
+'none' is valid there. YAML 1.1 reads yes/no/on/off/true/false as booleans, in files and overrides alike; files
+and overrides are read keeping each such word, so a str field gets back the word as written (`mixed_precision:
+no` is 'no', accelerate's value) and a bool field gets the boolean. Unknown keys, ill-typed and non-finite values
+raise ValueError naming the key and the valid choices, so that the CLI can print one line.
 """
 
 from __future__ import annotations
@@ -115,6 +117,41 @@ class TrainConfig:
     eval: EvalConfig = option(EvalConfig(), "periodic and final evaluation")
 
 
+@dataclass(frozen=True)
+class YamlBool:
+    """A YAML 1.1 boolean as read: the boolean and the word that spelled it (no, Off, TRUE, ...)."""
+
+    value: bool
+    word: str
+
+    def __repr__(self) -> str:
+        return self.word
+
+
+class _WordLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that reads booleans as YamlBool, so that a str field can take the word back."""
+
+
+_WordLoader.add_constructor("tag:yaml.org,2002:bool",
+                            lambda loader, node: YamlBool(loader.construct_yaml_bool(node), node.value))
+
+
+def read_yaml(text: str) -> Any:
+    """yaml.safe_load, except that booleans come as YamlBool (see the module doc); raises yaml.YAMLError."""
+    return yaml.load(text, Loader=_WordLoader)
+
+
+def _plain(value: Any) -> Any:
+    """value with every YamlBool, at any depth, replaced by its boolean (what yaml.safe_load would have given)."""
+    if isinstance(value, YamlBool):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
@@ -131,6 +168,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, option, key)
     if tp is str and value is None:  # `key=none` on the command line: the documented choice 'none'
         return "none"
+    if tp is str and isinstance(value, YamlBool):  # `mixed_precision: no` in YAML: the word as written
+        return value.word
+    if tp is str and isinstance(value, bool):  # not from YAML text: no, off and false are all False
+        raise ValueError(f"{key} must be a string, got the boolean {value}: give the word meant as a string "
+                         f"(no, off and false all read as False)")
+    given = value  # error messages show what was written (a YamlBool prints its word)
+    if not dataclasses.is_dataclass(tp):
+        value = _plain(value)
     if tp is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
         try:  # PyYAML reads 1e-5 (no dot) as a string
             number = float(value)
@@ -142,7 +187,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return number
     if tp in (list, tuple) or typing.get_origin(tp) in (list, tuple):
         if isinstance(value, str):  # a command-line list: a,b,c (each item parsed as YAML)
-            value = [_yaml_value(v) for v in value.split(",") if v]
+            value = [_plain(_yaml_value(v)) for v in value.split(",") if v]
         elif isinstance(value, (int, float)) and not isinstance(value, bool):  # seeds=0: a list of one
             value = [value]
         if isinstance(value, (list, tuple)):
@@ -153,7 +198,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ValueError(f"{key} must be a mapping of its fields, got {value!r}")
         return _build(tp, value, key + ".")
     if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-        raise ValueError(f"{key} must be {_type_name(tp)}, got {value!r}")
+        raise ValueError(f"{key} must be {_type_name(tp)}, got {given!r}")
     return value
 
 
@@ -196,7 +241,7 @@ def _yaml_value(raw: str) -> Any:
     if raw.lower() == "none":
         return None
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = read_yaml(raw) if raw else ""
     except yaml.YAMLError:
         return raw
     if isinstance(value, str):  # YAML reads 1e-5, inf and nan as strings; in free-form method.args too they are numbers
@@ -234,7 +279,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
         if not p.is_file():
             raise FileNotFoundError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = read_yaml(p.read_text()) or {}
         except yaml.YAMLError as err:
             line = getattr(getattr(err, "problem_mark", None), "line", None)
             where = f" (line {line + 1})" if line is not None else ""

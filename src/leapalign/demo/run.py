@@ -62,6 +62,8 @@ class DemoConfig:
                             "sampling; fp32: float32 throughout; auto: bf16 where the CPU has native bfloat16 dot "
                             "products (AVX512-BF16 or AMX), else fp32")
     workers: int = option(os.cpu_count() or 1, "parallel worker processes, one torch thread each (1 = serial)")
+    device: str = option("cpu", "where every job trains, samples and scores: cpu, cuda or cuda:N (the workers share "
+                         "the GPU; detection and the statistics stay on the host)")
     bootstrap: int = option(2000, "bootstrap resamples of the paired differences (seeded)")
     probe_captions: int = option(16, "validation captions of the per-step velocity-change profile (0 = skip)")
     grid_captions: int = option(4, "captions per category in the sample grids")
@@ -99,18 +101,39 @@ class DemoConfig:
             raise ValueError(f"grpo_args: {err}; see leapalign train --list-keys method.name=flow_grpo") from None
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"precision must be auto, bf16 or fp32, got {self.precision!r}")
+        self.device = check_device(self.device)
 
     def resolved_precision(self) -> str:
         """bf16 or fp32: what `auto` means on this machine."""
         if self.precision != "auto":
             return self.precision
+        if self.device != "cpu":  # CUDA GPUs the demo targets (Ampere and later) compute bfloat16 natively
+            return "bf16"
         probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private in torch 2.x; absent = no
         return "bf16" if any(getattr(torch.cpu, f, lambda: False)() for f in probes) else "fp32"
+
+
+def check_device(device: str) -> str:
+    """`device` as torch spells it, if this machine has it: cpu, cuda or cuda:N; else a one-line ValueError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        found = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
+        raise ValueError(f"device={device} asked for a GPU but this machine has {found} (torch "
+                         f"{torch.__version__}); use device=cpu")
+    return str(dev)
 
 
 QUICK = {"seeds": [0, 1, 2], "iterations": 6, "batch_size": 4, "num_steps": 6, "eval_steps": 6,
          "lrs": [1e-5, 3e-5], "tune_iterations": 3, "val_per_category": 2, "val_repeats": 2,
          "eval_per_category": 4, "eval_repeats": 2, "eval_min_samples": 8, "probe_captions": 4, "grid_captions": 3}
+# The paper's training budget (Table 2: 300 iterations x 64 rollouts) with a third of it per tuning run; the rest of
+# the protocol as the default. Meant for a GPU (`--paper device=cuda`): on a CPU it takes many hours.
+PAPER = {"iterations": 300, "batch_size": 64, "tune_iterations": 100}
 
 
 @dataclass(frozen=True)
@@ -177,7 +200,7 @@ class Demo:
                    batch_size=max(1, c.batch_size // c.grpo_group) if grpo else c.batch_size,
                    num_steps=c.num_steps, guidance=c.guidance, reward=c.reward, ema_decay=c.ema_decay,
                    out_dir=str(self.out / "runs" / folder), prompts=tuple(cs.prompts), eval_seed=eval_seed,
-                   eval_steps=c.eval_steps, probe=probe, precision=self.precision)
+                   eval_steps=c.eval_steps, probe=probe, precision=self.precision, device=c.device)
 
     def tune(self) -> tuple[dict[str, float], list[dict], JobResult]:
         """Phase 1: every tuned entry x lr on the validation captions (one seed), plus the base model on the
@@ -240,7 +263,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, *, ablation: bool = False) -> dic
         demo = Demo(cfg, out, pool, ablation, start)
         _log(f"{len(demo.entries)} entries x {len(cfg.seeds)} seeds; validation {len(demo.val.prompts)} samples, "
              f"held-out {len(demo.held.captions)} captions / {len(demo.held.prompts)} samples; {cfg.workers} "
-             f"workers; {demo.precision}", demo.start)
+             f"workers; {demo.precision} on {cfg.device}", demo.start)
         t0 = time.perf_counter()
         chosen, tuning, base = demo.tune()
         tune_seconds = time.perf_counter() - t0

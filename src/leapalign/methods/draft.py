@@ -65,6 +65,7 @@ def truncated_backprop(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.
     num_steps = check_schedule_batch(noise, sigmas)
     if not 1 <= k <= num_steps:
         raise ValueError(f"k must be in [1, T = {num_steps}], got {k}")
+    sigmas = sigmas.to(noise.device)  # (T+1,) beside the latents: no CPU scalar enters a device op
     x = integrate(velocity, noise, sigmas, cond, stop=num_steps - k).detach()
     x0 = grad_steps(velocity, x, sigmas, cond, num_steps - k, checkpointing)
     rewards = call_reward(reward_fn, x0)
@@ -88,7 +89,7 @@ def step_lv(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, con
     if backward is not None:
         backward(loss)
         loss = loss.detach()
-    last = sigmas.shape[0] - 2
+    sigmas, last = sigmas.to(x0.device), sigmas.shape[0] - 2
     for _ in range(cfg.n_extra):
         eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         x_re = add_noise(x0, eps, sigmas[last])

@@ -73,6 +73,7 @@ def step(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, cond: 
     num_steps = check_schedule_batch(noise, sigmas)
     if cfg.k > num_steps:
         raise ValueError(f"DRTune's k = {cfg.k} training steps need T >= k, got T = {num_steps}")
+    sigmas = sigmas.to(noise.device)  # (T+1,) beside the latents: no CPU scalar enters a device op
     # t_min >= k - 1 so the stopped rollout makes at least k velocity calls
     t_min = draw_int(max(cfg.k - 1, num_steps - late_steps(cfg.late_fraction, num_steps)), num_steps - 1,
                      generator)

@@ -44,6 +44,7 @@ def step(velocity: VelocityFn, noise: torch.Tensor, sigmas: torch.Tensor, cond: 
          cfg: ReFLConfig, generator: torch.Generator,
          backward: Callable[[torch.Tensor], None] | None = None) -> LossOutput:
     num_steps = check_schedule_batch(noise, sigmas)
+    sigmas = sigmas.to(noise.device)  # (T+1,) beside the latents: no CPU scalar enters a device op
     t = draw_int(num_steps - late_steps(cfg.late_fraction, num_steps), num_steps - 1, generator)
     x_t = integrate(velocity, noise, sigmas, cond, stop=t)
     loss, rewards = refl_loss(velocity, x_t, sigmas[t], cond, reward_fn, cfg.hinge)

@@ -40,4 +40,4 @@ class ShapesReward:
         if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != len(prompts):
             raise ValueError(f"ShapesReward needs images (B, 3, H, W) and B prompts, got {tuple(images.shape)} "
                              f"and {len(prompts)} prompts")
-        return (self.model.embed_images(images) * self.text_features(prompts)).sum(-1)  # (B,)
+        return (self.model.embed_images(images) * self.text_features(prompts).to(images.device)).sum(-1)  # (B,)

@@ -95,10 +95,10 @@ def timestep_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-def sincos_2d(grid: int, dim: int) -> torch.Tensor:
-    """Fixed 2-D sin-cos position features (grid*grid, dim), as DiT."""
-    coords = torch.arange(grid, dtype=torch.float32)
-    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+def sincos_2d(grid: int, dim: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Fixed 2-D sin-cos position features (grid*grid, dim) in float32 on `device`, as DiT."""
+    coords = torch.arange(grid, dtype=torch.float32, device=device)
+    freqs = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float32, device=device) / (dim // 4))
     ang_y = coords[:, None, None] * freqs  # (G, 1, D/4)
     ang_x = coords[None, :, None] * freqs  # (1, G, D/4)
     ang_y, ang_x = torch.broadcast_tensors(ang_y, ang_x)
@@ -112,7 +112,7 @@ _GELU_A = 0.044715
 
 def _gelu_gate(x: torch.Tensor) -> torch.Tensor:
     """sigmoid(C (x + A x^3)), written so that each step is one pass over a fresh buffer."""
-    return torch.addcmul(torch.full((), _GELU_C, dtype=x.dtype), x, x, value=_GELU_C * _GELU_A).mul_(x).sigmoid_()
+    return torch.addcmul(x.new_full((), _GELU_C), x, x, value=_GELU_C * _GELU_A).mul_(x).sigmoid_()
 
 
 class _GeluTanh(torch.autograd.Function):
@@ -221,7 +221,7 @@ class ShapesDiT(nn.Module):
         tokens = x.view(b, 3, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, 3 * p * p)
         if gh != gw:
             raise ValueError(f"ShapesDiT needs square images, got {h}x{w}")
-        pos = sincos_2d(gh, self.cfg.dim).to(x.device, x.dtype)
+        pos = sincos_2d(gh, self.cfg.dim, x.device).to(x.dtype)
         hdn = self.patch_in(tokens) + pos  # (B, N, D)
         txt = self.text_in(text)  # (B, L, D)
         c = self.t_mlp(timestep_embedding(sigma, 256).to(x.dtype)) + self.text_in(pooled)  # (B, D)
