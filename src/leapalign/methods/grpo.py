@@ -92,7 +92,7 @@ class FlowGRPOConfig:
         if self.adv_std not in ("group", "global"):
             raise ValueError(f"adv_std must be 'group' or 'global', got {self.adv_std!r}")
         if self.train_steps is not None and self.train_steps < 2:
-            raise ValueError(f"train_steps must be >= 2 (the last step is deterministic) or None, got "
+            raise ValueError(f"train_steps must be >= 2 (the last step is never trained) or None, got "
                              f"{self.train_steps}")
         if self.reduce not in ("mean", "sum"):
             raise ValueError(f"reduce must be 'mean' or 'sum', got {self.reduce!r}")
