@@ -10,6 +10,9 @@ HELP = ("ShapesWorld demo: LeapAlign vs ReFL, DRaFT-LV and DRTune under one prot
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="a small budget (CI smoke run, about 2 minutes)")
+    parser.add_argument("--paper", action="store_true",
+                        help="the paper's budget: 300 iterations x 64 rollouts per run (Table 2), tuning runs of 100; "
+                             "for a GPU: --paper device=cuda")
     parser.add_argument("--ablation", action="store_true",
                         help="LeapAlign's ablation rows (alpha, weighting, leap range, one vs two leaps), same protocol")
     parser.add_argument("--out", default="demo_out", help="output directory (report.json, report.md, PNGs, runs/)")
@@ -21,13 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from leapalign.config import describe, parse_overrides
-    from leapalign.demo.run import QUICK, DemoConfig, run_demo
+    from leapalign.demo.run import PAPER, QUICK, DemoConfig, run_demo
     from leapalign.outputs import prepare_output_dir
 
     if args.list_keys:
         print("\n".join(describe(DemoConfig)))
         return 0
-    cfg = parse_overrides(DemoConfig, args.settings, QUICK if args.quick else None)
+    if args.quick and args.paper:
+        raise ValueError("--quick and --paper are two budgets; choose one")
+    cfg = parse_overrides(DemoConfig, args.settings, QUICK if args.quick else PAPER if args.paper else None)
     prepare_output_dir(args.out, "--out")
     run_demo(cfg, args.out, ablation=args.ablation)
     return 0
