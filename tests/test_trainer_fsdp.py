@@ -92,6 +92,17 @@ def test_leapalign_with_grad_accum_equals_one_process(tmp_path):
     assert [r["reward"] for r in history(run)] == pytest.approx([r["reward"] for r in single.history], rel=1e-5)
 
 
+def test_bf16_autocast_equals_ddp(tmp_path):
+    # bf16 compute by autocast with fp32 master weights and fp32 gradient reduction, as DDP and one process run it
+    # (accelerate autocasts DDP modules but not FSDP2 ones). The reference is DDP on the same layout: bf16 kernels
+    # round batch 1 and batch 2 differently (DDP vs one process: 4e-5), FSDP without autocast differed by 3e-4.
+    cfgs = [toy_config(tmp_path / name, batch_size=1, iterations=3, mixed_precision="bf16") for name in ("ddp", "fsdp")]
+    ddp = launch(cfgs[0], tmp_path, fsdp=False, name="ddp")
+    fsdp = launch(cfgs[1], tmp_path, name="fsdp")
+    for a, b in zip(final(fsdp), final(ddp)):
+        assert_same(a, b)
+
+
 def test_flow_grpo_kl_equals_ddp(tmp_path):
     # The GRPO family draws SDE noise per process, so the reference run is DDP on the same 2-process layout. The
     # KL term goes through the frozen reference swapped into the shards: it must be non-zero and the same.
@@ -168,7 +179,9 @@ def test_independent_processes_stop_before_writing(tmp_path):
                            str(free_port()), "-m", "leapalign.cli", "train", "--config", str(config)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
-    assert "single-process run" in proc.stderr and "Traceback" not in proc.stderr
+    # each child's one line (torchrun then reports the failed children with its own traceback)
+    assert proc.stderr.count("leapalign train: error: this process was launched as one of 2") == 2
+    assert "leapalign/trainer.py" not in proc.stderr
     assert not Path(cfg.output_dir).exists()
 
 

@@ -23,6 +23,7 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
 from safetensors.torch import save_file
+from torch.distributed.fsdp import MixedPrecisionPolicy
 from tqdm.auto import tqdm
 
 from leapalign import checkpoint, evaluate, resume_guard, sharding
@@ -208,6 +209,10 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
     optimizer = torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, eps=o.eps)
     warmup = max(o.warmup_steps, 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+    if accelerator.distributed_type == DistributedType.FSDP:
+        # fp32 gathers and gradient reduction, bf16 compute by autocast: the numerics of one process (accelerate's
+        # policy for mixed_precision=bf16 would round every gradient to bf16 before reducing it).
+        accelerator.state.fsdp_plugin.mixed_precision_policy = MixedPrecisionPolicy()
     # From here on adapter.velocity runs the wrapped (DDP/FSDP, autocast) module.
     adapter.transformer, optimizer, scheduler = accelerator.prepare(adapter.transformer, optimizer, scheduler)
     names, params = zip(*[(n, p) for n, p in adapter.transformer.named_parameters() if p.requires_grad])
@@ -221,8 +226,10 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
                 del state[key]
 
     accelerator.register_save_state_pre_hook(keep_trainable)
-    # FSDP: plain no_grad rollout (sharding.py says why inference mode cannot be used there).
-    velocity = inference_rollout(adapter.velocity) if m.inference_rollout and not sharded else adapter.velocity
+    # FSDP: plain no_grad rollout (sharding.py says why inference mode cannot be used there), and autocast here:
+    # accelerate wraps the forward of DDP and single-process models in it, not that of FSDP2 models.
+    velocity = (inference_rollout(adapter.velocity) if m.inference_rollout and not sharded
+                else _autocast(adapter.velocity, accelerator) if sharded else adapter.velocity)
     return Run(cfg, accelerator, adapter, reward, method, method_cfg, order, eval_prompts,
                sigmas=adapter.sigmas(m.num_steps, m.height, m.width), velocity=velocity,
                optimizer=optimizer, scheduler=scheduler, params=params, names=names, sharded=sharded,
@@ -231,6 +238,17 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
                reference=(ReferenceVelocity(velocity, params, adapter.transformer if sharded else None)
                           if method.needs_reference(method_cfg) else None),
                snapshot=sum(p.numel() for p in params) <= SNAPSHOT_MAX_ELEMENTS)
+
+
+def _autocast(velocity, accelerator: Accelerator):
+    """velocity under accelerate's autocast (bf16 when mixed_precision=bf16), its output in float32 as accelerate
+    returns it from the modules it wraps."""
+
+    def wrapped(x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
+        with accelerator.autocast():
+            return velocity(x, sigma, cond).float()
+
+    return wrapped
 
 
 def resume_point(cfg: TrainConfig) -> tuple[Path | None, list[str]]:
