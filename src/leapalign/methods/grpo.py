@@ -174,18 +174,18 @@ def grpo_loss(velocity: VelocityFn, rollout: SDETrajectory, steps: list[int], ad
             if cfg.kl == "official":  # / (2 g^2) = / (2 std^2) x (s - s')
                 kl = kl * (s - s_next).to(kl)
             term = term + cfg.kl_beta * kl.mean()
-            stats["kl"] += float(kl.detach().mean()) / len(steps)
+            stats["kl"] += kl.detach().mean().double() / len(steps)
         term = term / len(steps)
         if backward is not None:
             backward(term)
             term = term.detach()
         total = term if total is None else total + term
-        with torch.no_grad():
-            stats["ratio"] += float(ratio.mean()) / len(steps)
-            stats["clip_frac"] += float(((ratio - 1).abs() > cfg.clip_range).float().mean()) / len(steps)
-            stats["approx_kl"] += float(0.5 * ((log_prob - old) ** 2).mean()) / len(steps)
-            stats["policy_loss"] += float(policy.detach()) / len(steps)
-    return total, stats
+        with torch.no_grad():  # summed on the device in float64 (as Python floats would be): no sync per step
+            stats["ratio"] += ratio.mean().double() / len(steps)
+            stats["clip_frac"] += ((ratio - 1).abs() > cfg.clip_range).float().mean().double() / len(steps)
+            stats["approx_kl"] += (0.5 * ((log_prob - old) ** 2).mean()).double() / len(steps)
+            stats["policy_loss"] += policy.detach().double() / len(steps)
+    return total, {k: float(v) for k, v in stats.items()}
 
 
 def rollout_inputs(noise: torch.Tensor, sigmas: torch.Tensor, cfg: FlowGRPOConfig):
