@@ -82,7 +82,7 @@ def test_import_graph_has_no_cycle():
 LAYERS = [
     {"leapalign", "leapalign.types", "leapalign.flow", "leapalign.ema", "leapalign.reference"},
     {"leapalign.methods"},
-    {"leapalign.adapters", "leapalign.rewards", "leapalign.shapes", "leapalign.geneval"},
+    {"leapalign.adapters", "leapalign.rewards", "leapalign.shapes", "leapalign.geneval", "leapalign.modes"},
     {"leapalign.config", "leapalign.data", "leapalign.checkpoint", "leapalign.metrics_log", "leapalign.models",
      "leapalign.evaluate", "leapalign.resume_guard", "leapalign.outputs"},
     {"leapalign.trainer", "leapalign.bench", "leapalign.demo"},
