@@ -1,7 +1,9 @@
 """Exponential moving average of trainable weights (paper: decay 0.995 after every optimizer step).
 
 The shadow is kept in float32 whatever the parameter dtype, so that small updates are not rounded away in bf16.
-Under FSDP the parameters are local shards and so is the shadow; nothing here communicates.
+Under FSDP the parameters are DTensor shards and so is the shadow; nothing here communicates, but swapping
+values into the shards must free the weights FSDP keeps gathered (sharding.reshard), else the next forward would
+use the stale gathered ones.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from typing import Iterator
 
 import torch
 
+from leapalign.sharding import reshard
+
 
 class EMA:
-    def __init__(self, params: list[torch.nn.Parameter], decay: float):
+    def __init__(self, params: list[torch.nn.Parameter], decay: float, sharded_model: torch.nn.Module | None = None):
         if not 0 <= decay < 1:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.params = list(params)
         self.decay = decay
+        self.model = sharded_model  # the FSDP module holding params, or None
         self.shadow = [p.detach().float().clone() for p in self.params]
 
     @torch.no_grad()
@@ -33,11 +38,17 @@ class EMA:
         backup = [p.detach().clone() for p in self.params]
         for s, p in zip(self.shadow, self.params):
             p.copy_(s.to(p.dtype))
+        self._reshard()
         try:
             yield
         finally:
             for b, p in zip(backup, self.params):
                 p.copy_(b)
+            self._reshard()
+
+    def _reshard(self) -> None:
+        if self.model is not None:
+            reshard(self.model)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "shadow": [s.cpu() for s in self.shadow]}

@@ -233,7 +233,7 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
     return Run(cfg, accelerator, adapter, reward, method, method_cfg, order, eval_prompts,
                sigmas=adapter.sigmas(m.num_steps, m.height, m.width), velocity=velocity,
                optimizer=optimizer, scheduler=scheduler, params=params, names=names, sharded=sharded,
-               ema=EMA(params, cfg.ema_decay) if cfg.ema_decay > 0 else None,
+               ema=EMA(params, cfg.ema_decay, adapter.transformer if sharded else None) if cfg.ema_decay > 0 else None,
                # taken before resume, so it holds the base weights whatever checkpoint is loaded next
                reference=(ReferenceVelocity(velocity, params, adapter.transformer if sharded else None)
                           if method.needs_reference(method_cfg) else None),
@@ -400,6 +400,8 @@ def _restore_state(run: Run, backup: tuple[list[torch.Tensor], dict]) -> None:
     with torch.no_grad():
         for p, w in zip(run.params, weights):
             p.copy_(w)
+    if run.sharded:  # values went into the shards: no gathered copy of the undone step may survive
+        sharding.reshard(run.model)
     for p in run.params:
         if p in moments:
             state[p] = moments[p]
