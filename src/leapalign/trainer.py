@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 from torch.distributed.fsdp import MixedPrecisionPolicy
 from tqdm.auto import tqdm
 
-from leapalign import checkpoint, evaluate, resume_guard, sharding
+from leapalign import checkpoint, evaluate, resume_guard, sharding, undo
 from leapalign.allocator import keep_freed_memory
 from leapalign.adapters.lora import save_lora
 from leapalign.config import TrainConfig, composite_terms, config_yaml, method_config, to_dict, validate
@@ -356,7 +356,7 @@ def optimizer_step(run: Run, counters: Counters, metrics: dict[str, float]) -> b
     metrics.update(zip(keys, reduced.tolist()), grad_norm=float(grad_norm))
     finite = all(math.isfinite(v) for v in metrics.values())
     if finite:
-        backup = _copy_state(run) if run.snapshot else None
+        backup = undo.copy_state(run.optimizer.optimizer, run.params) if run.snapshot else None
         run.optimizer.step()
         finite = _all_finite(run, run.params)
         if not finite:
@@ -367,7 +367,7 @@ def optimizer_step(run: Run, counters: Counters, metrics: dict[str, float]) -> b
                     f"the optimizer step of iteration {counters.step + 1} made weights non-finite (finite loss and "
                     f"gradient); this full fine-tuning keeps no copy to undo it (memory), so nothing more is "
                     f"written: lower optim.lr and resume from the last checkpoint in {run.out_dir / 'checkpoints'}")
-            _restore_state(run, backup)
+            undo.restore_state(run.optimizer.optimizer, run.params, backup, run.model if run.sharded else None)
     if finite:
         run.scheduler.step()
         if run.ema is not None:
@@ -384,29 +384,6 @@ def _all_finite(run: Run, tensors: list[torch.Tensor]) -> bool:
     total = sum((torch.linalg.vector_norm(sharding.local(t.detach()), dtype=torch.float32) for t in tensors),
                 torch.zeros((), device=run.accelerator.device))
     return math.isfinite(float(run.accelerator.reduce(total, reduction="sum")))
-
-
-def _copy_state(run: Run) -> tuple[list[torch.Tensor], dict]:
-    """The trainable weights and their optimizer state (Adam moments, step), as they are before a step."""
-    state = run.optimizer.optimizer.state
-    moments = {p: {k: v.clone() if torch.is_tensor(v) else v for k, v in state[p].items()}
-               for p in run.params if p in state}
-    return [p.detach().clone() for p in run.params], moments
-
-
-def _restore_state(run: Run, backup: tuple[list[torch.Tensor], dict]) -> None:
-    weights, moments = backup
-    state = run.optimizer.optimizer.state
-    with torch.no_grad():
-        for p, w in zip(run.params, weights):
-            p.copy_(w)
-    if run.sharded:  # values went into the shards: no gathered copy of the undone step may survive
-        sharding.reshard(run.model)
-    for p in run.params:
-        if p in moments:
-            state[p] = moments[p]
-        else:  # the first step created it
-            state.pop(p, None)
 
 
 @contextmanager
