@@ -92,6 +92,7 @@ def plot_samples(report: dict, path: Path) -> None:
         ax.scatter(path_xy[-1, :, 0], path_xy[-1, :, 1], s=4, c="black")
         row = report["methods"].get(name, {})
         tm, off = row.get("target_mode_rate", {}).get("mean"), row.get("off_manifold_rate", {}).get("mean")
+        # the title's rates are over all held-out conditions; the panel shows the picture condition only
         ax.set_title(f"{name}\ntarget {tm:.2f}, off {off:.2f}" if tm is not None else name, fontsize=9)
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
@@ -101,7 +102,7 @@ def plot_samples(report: dict, path: Path) -> None:
     for ax in list(axes.flat)[len(pics):]:
         ax.axis("off")
     fig.colorbar(lc, ax=axes, shrink=0.6, label="rollout step (0 = noise)")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
