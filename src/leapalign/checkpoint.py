@@ -153,5 +153,7 @@ def read_sharded(path: Path, like: dict[str, torch.Tensor], ema: bool) -> dict[s
     reader = dcp.FileSystemReader(str(path / SHARDED))
     part = "ema" if ema and any(k.startswith("ema.") for k in reader.read_metadata().state_dict_metadata) else "model"
     state = {part: {n: torch.empty_like(t, device="cpu") for n, t in like.items()}}
-    dcp.load(state, storage_reader=reader, no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, storage_reader=reader, no_dist=True)
     return state[part]
