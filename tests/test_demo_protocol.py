@@ -5,7 +5,7 @@ import torch
 
 from leapalign.demo import analysis, protocol
 from leapalign.shapes.evaluator import DetectedObject
-from leapalign.shapes.prompts import CATEGORIES, heldout_prompts, parse_prompt, prompt_splits
+from leapalign.shapes.prompts import CATEGORIES, heldout_prompts, parse_prompt, validation_pool
 
 
 def test_validation_captions_are_training_compositions_disjoint_from_heldout():
@@ -14,11 +14,12 @@ def test_validation_captions_are_training_compositions_disjoint_from_heldout():
     assert val and not set(val) & set(held)
     held_keys = {parse_prompt(p).composition for p in held}
     assert not {parse_prompt(p).composition for p in val} & held_keys
-    assert set(val) <= {p.text for p in prompt_splits()[0]}
+    assert set(val) <= {p.text for p in validation_pool()}
     assert val == protocol.validation_prompts(8, seed=0) and val != protocol.validation_prompts(8, seed=1)
     cats = [parse_prompt(p).category for p in val]
     assert cats == sorted(cats, key=CATEGORIES.index)  # grouped by category
-    assert all(cats.count(c) == min(8, sum(p.category == c for p in prompt_splits()[0])) for c in set(cats))
+    assert set(cats) == set(CATEGORIES)  # tuning sees every category
+    assert all(cats.count(c) == min(8, sum(p.category == c for p in validation_pool())) for c in set(cats))
 
 
 def test_heldout_set_meets_the_minimums():

@@ -42,6 +42,17 @@ def test_splits_are_disjoint_in_composition_and_cover_every_category():
     assert flip.composition == P.Prompt("position", ("circle", "square"), (None, None), relation="left of").composition
     assert P.heldout_prompts() == [p.text for p in held]
     assert len(P.heldout_prompts(per_category=2)) == 12
+    # position is held out on both axes, >= 8 compositions; colour attribution >= 8; the categories never trained
+    # on keep one composition for validation only, which is in neither split
+    for cat in ("position", "color_attr"):
+        assert len({p.composition for p in held if p.category == cat}) >= 8
+    assert {p.composition[2] for p in held if p.category == "position"} == {"left of", "above"}
+    assert {p.category for p in train} == set(P.CATEGORIES) - set(P.TRANSFER)
+    pool = P.validation_pool()
+    assert {p.category for p in pool} == set(P.CATEGORIES)
+    assert not {p.composition for p in pool} & {p.composition for p in held}
+    only = [p for p in pool if P.split_of(p) == "validation"]
+    assert {p.category for p in only} == set(P.TRANSFER) and not set(only) & set(train)
 
 
 def test_render_is_deterministic_and_scenes_satisfy_their_captions():

@@ -1,8 +1,9 @@
 """The demo's fair protocol: caption sets, the learning-rate choice on validation, paired bootstrap intervals,
 and which steps each method can reach.
 
-- Validation captions come from the TRAINING compositions (tuning never sees a held-out composition); the
-  held-out captions are scored once, at the end, with at least `min_samples` samples per category.
+- Validation captions come from the TRAINING compositions and the validation-only ones (tuning never sees a
+  held-out composition; every category is seen); the held-out captions are scored once, at the end, with at
+  least `min_samples` samples per category.
 - A paired difference compares two models on the same (caption, noise, seed) samples; its 95% interval
   resamples (caption, seed) units with replacement (the noise samples of a unit stay together).
 """
@@ -17,18 +18,18 @@ import torch
 
 from leapalign.methods import get_method
 from leapalign.methods.common import late_steps
-from leapalign.shapes.prompts import CATEGORIES, heldout_prompts, parse_prompt, prompt_splits
+from leapalign.shapes.prompts import CATEGORIES, heldout_prompts, parse_prompt, validation_pool
 
 
 def validation_prompts(per_category: int, seed: int = 0) -> list[str]:
-    """Up to `per_category` training captions per category (seeded draw), grouped in CATEGORIES order.
+    """Up to `per_category` validation captions per category (seeded draw), grouped in CATEGORIES order.
 
-    Training captions only: the held-out split shares no composition with them (shapes/prompts.py), so choosing
-    hyperparameters on these never looks at a held-out composition. Categories held out whole (single object,
-    two objects) have no validation captions."""
+    Training captions plus the validation-only compositions of the categories never trained on (single object,
+    two objects): shapes.prompts.validation_pool. The held-out split shares no composition with them, so choosing
+    hyperparameters on these never looks at a held-out composition, and every category is seen."""
     if per_category < 1:
         raise ValueError(f"per_category must be >= 1, got {per_category}")
-    train = prompt_splits()[0]
+    train = validation_pool()
     rng = random.Random(seed)
     out: list[str] = []
     for cat in CATEGORIES:

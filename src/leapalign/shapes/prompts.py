@@ -3,7 +3,8 @@
 A `Prompt` is the structured meaning of one caption; `caption()` writes it with GenEval's templates and
 `parse_prompt()` reads it back. `prompt_splits()` gives the alignment-training and held-out evaluation sets,
 which are disjoint in their compositions (not only in their strings: "A left of B" and "B right of A" are one
-composition and always land on the same side).
+composition and always land on the same side); `validation_pool()` adds the validation-only compositions of the
+categories that are never trained on, so that tuning sees every category.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import permutations
 
 SHAPES = ("circle", "square", "triangle")
@@ -130,19 +132,51 @@ def all_prompts(category: str) -> list[Prompt]:
     raise ValueError(f"unknown category '{category}'; valid: {', '.join(CATEGORIES)}")
 
 
-def _heldout(p: Prompt) -> bool:
-    # Categories with only a handful of compositions are held out whole (alignment never trains on them; they
-    # measure transfer); larger ones keep about a third aside, chosen by a stable hash of the composition.
-    if p.category in ("single_object", "two_object"):
-        return True
-    digest = hashlib.sha256(repr(p.composition).encode()).digest()
-    return digest[0] % 3 == 0
+# Categories with a handful of compositions measure transfer: alignment never trains on them, one composition of
+# each is kept for validation (so that tuning sees every category) and the rest is held out. Position holds out
+# HELDOUT_PER_AXIS compositions on each axis (left/right and above/below; 8 of its 12), so that held-out position
+# accuracy is measured on both axes. The other categories keep about a third aside by a stable hash.
+TRANSFER = ("single_object", "two_object")
+HELDOUT_PER_AXIS = 4
+
+
+def _digest(composition: tuple) -> bytes:
+    return hashlib.sha256(repr(composition).encode()).digest()
+
+
+@lru_cache(maxsize=1)
+def _roles() -> dict[tuple, str]:
+    """composition -> train, validation or heldout."""
+    roles: dict[tuple, str] = {}
+    for cat in CATEGORIES:
+        comps = sorted({p.composition for p in all_prompts(cat)}, key=_digest)
+        if cat in TRANSFER:
+            roles.update({c: "validation" if i == 0 else "heldout" for i, c in enumerate(comps)})
+        elif cat == "position":
+            for axis in ("left of", "above"):
+                on_axis = [c for c in comps if c[2] == axis]
+                roles.update({c: "heldout" if i < HELDOUT_PER_AXIS else "train" for i, c in enumerate(on_axis)})
+        else:
+            roles.update({c: "heldout" if _digest(c)[0] % 3 == 0 else "train" for c in comps})
+    return roles
+
+
+def split_of(p: Prompt) -> str:
+    """Which split a caption's composition belongs to: train, validation (tuning only) or heldout."""
+    return _roles()[p.composition]
 
 
 def prompt_splits() -> tuple[list[Prompt], list[Prompt]]:
-    """(train, heldout): every caption in exactly one list; no composition appears in both."""
+    """(train, heldout): no composition appears in both; the validation-only compositions are in neither."""
     every = [p for c in CATEGORIES for p in all_prompts(c)]
-    return [p for p in every if not _heldout(p)], [p for p in every if _heldout(p)]
+    return [p for p in every if split_of(p) == "train"], [p for p in every if split_of(p) == "heldout"]
+
+
+def validation_pool() -> list[Prompt]:
+    """Captions that hyperparameter tuning may use: the training captions plus the validation-only compositions
+    of the transfer categories; every category is represented, no held-out composition is."""
+    every = [p for c in CATEGORIES for p in all_prompts(c)]
+    return [p for p in every if split_of(p) in ("train", "validation")]
 
 
 def train_prompts() -> list[str]:
