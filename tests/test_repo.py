@@ -84,7 +84,7 @@ LAYERS = [
     {"leapalign.methods"},
     {"leapalign.adapters", "leapalign.rewards", "leapalign.shapes", "leapalign.geneval", "leapalign.modes"},
     {"leapalign.config", "leapalign.data", "leapalign.checkpoint", "leapalign.metrics_log", "leapalign.models",
-     "leapalign.evaluate", "leapalign.resume_guard", "leapalign.outputs"},
+     "leapalign.evaluate", "leapalign.resume_guard", "leapalign.outputs", "leapalign.fast_rollout"},
     {"leapalign.trainer", "leapalign.bench", "leapalign.demo"},
     {"leapalign.cli", "leapalign.cli_model", "leapalign.commands"},
 ]

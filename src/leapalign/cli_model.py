@@ -18,6 +18,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, help="pixels (default: the run's model.width, or 32)")
     parser.add_argument("--batch-size", type=int, default=8, help="images per sampling batch (default 8)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--rollout-path", default="auto",
+                        choices=("auto", "plain", "merged", "compiled", "merged_compiled"),
+                        help="no-grad sampling path (auto: a LoRA merged into weight copies where exact; "
+                             "compiled: torch.compile, opt-in)")
 
 
 def load_model(args: argparse.Namespace):

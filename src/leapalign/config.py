@@ -42,6 +42,15 @@ class ModelConfig:
                                            "stale entries are encoded once, then the text encoders are freed")
     inference_rollout: bool = option(True, "run the no-grad rollout under torch.inference_mode (faster; turn off for a "
                                        "model that caches tensors lazily inside forward)")
+    rollout_path: str = option("auto", "no-grad rollout path (fast_rollout.py): auto (merged for an unsharded LoRA without "
+                                       "dropout, else plain), plain, merged (LoRA merged into copies of the touched "
+                                       "weights), compiled (torch.compile), merged_compiled; FSDP always runs plain")
+    rollout_compile_backend: str = option("inductor", "torch.compile backend of the compiled paths (inductor needs a C "
+                                                      "compiler on CPU; aot_eager: no codegen)")
+    rollout_compile_mode: str | None = option(None, "torch.compile mode of the compiled paths, e.g. reduce-overhead "
+                                                    "(CUDA graphs) or max-autotune; None = default")
+    rollout_dtype: str | None = option(None, "opt-in lower-precision rollout: bfloat16 or float16 autocast for the "
+                                             "no-grad calls only (the leaps keep the training precision); None = off")
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from leapalign.data import generator
+from leapalign.fast_rollout import RolloutVelocity
 from leapalign.flow import sample_trajectory
 
 
@@ -38,19 +39,22 @@ def sample_noise(adapter, n: int, *, seed: int, height: int, width: int, start: 
 
 @torch.no_grad()
 def sample_images(adapter, prompts: list[str], *, seed: int = 0, num_steps: int = 25, height: int, width: int,
-                  batch_size: int = 8, start: int = 0) -> SampleResult:
+                  batch_size: int = 8, start: int = 0, rollout: str = "auto") -> SampleResult:
     """Sample one image per prompt with fixed per-index noise (see module doc); returns images and final latents.
-    start: index of the first prompt in a longer list, so a slice gets the noise the whole list would give it."""
+    start: index of the first prompt in a longer list, so a slice gets the noise the whole list would give it.
+    rollout: the no-grad path of fast_rollout.py (auto: merged LoRA where exact); no inference mode, so that a
+    model's lazily cached tensors stay usable by a training run that samples in between."""
     if not prompts:
         raise ValueError("sample_images needs at least one prompt")
     sigmas = adapter.sigmas(num_steps, height, width)
     device = next(adapter.transformer.parameters()).device
+    velocity = RolloutVelocity(adapter, rollout, inference_mode=False)
     images, latents = [], []
     for first in range(0, len(prompts), batch_size):
         chunk = prompts[first:first + batch_size]
         noise = sample_noise(adapter, len(chunk), seed=seed, height=height, width=width,
                              start=start + first).to(device)
-        traj = sample_trajectory(adapter.velocity, noise, sigmas, adapter.encode_prompts(chunk))
+        traj = sample_trajectory(velocity, noise, sigmas, adapter.encode_prompts(chunk))
         latents.append(traj.sample.float().cpu())
         images.append(adapter.decode(traj.sample).float().clamp(0, 1).cpu())
     return SampleResult(torch.cat(images), torch.cat(latents))

@@ -32,7 +32,7 @@ from leapalign.adapters.lora import save_lora
 from leapalign.config import TrainConfig, composite_terms, config_yaml, method_config, to_dict, validate
 from leapalign.data import PromptOrder, generator, load_prompts, spread
 from leapalign.ema import EMA
-from leapalign.flow import inference_rollout
+from leapalign.fast_rollout import rollout_velocity
 from leapalign.methods import Method, get_method
 from leapalign.metrics_log import MetricsLog, read_history, truncate_history
 from leapalign.models import build_model, use_embedding_cache
@@ -79,7 +79,7 @@ class Run:
     order: PromptOrder
     eval_prompts: list[str]
     sigmas: torch.Tensor  # (T+1,) training schedule
-    velocity: Any  # adapter.velocity, under inference_mode for no-grad calls when configured
+    velocity: Any  # adapter.velocity; no-grad calls on the configured fast path (fast_rollout.py) unless sharded
     optimizer: torch.optim.Optimizer
     scheduler: Any
     params: list[torch.nn.Parameter]  # what is clipped and EMA'd (FSDP: DTensors holding this process's shards)
@@ -226,10 +226,10 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
                 del state[key]
 
     accelerator.register_save_state_pre_hook(keep_trainable)
-    # FSDP: plain no_grad rollout (sharding.py says why inference mode cannot be used there), and autocast here:
-    # accelerate wraps the forward of DDP and single-process models in it, not that of FSDP2 models.
-    velocity = (inference_rollout(adapter.velocity) if m.inference_rollout and not sharded
-                else _autocast(adapter.velocity, accelerator) if sharded else adapter.velocity)
+    # FSDP: plain no_grad rollout, no fast path (sharding.py says why inference mode cannot be used there; sharded
+    # LoRA layers have no merged copies), and autocast here: accelerate wraps the forward of DDP and single-process
+    # models in it, not that of FSDP2 models.
+    velocity = _autocast(adapter.velocity, accelerator) if sharded else rollout_velocity(adapter, m)
     return Run(cfg, accelerator, adapter, reward, method, method_cfg, order, eval_prompts,
                sigmas=adapter.sigmas(m.num_steps, m.height, m.width), velocity=velocity,
                optimizer=optimizer, scheduler=scheduler, params=params, names=names, sharded=sharded,

@@ -143,3 +143,44 @@ def save_merged(adapter, out_dir: str | os.PathLike, max_shard_size: str = "10GB
     save_torch_state_dict(merged_state_dict(transformer), out, max_shard_size=max_shard_size,
                           filename_pattern="diffusion_pytorch_model{suffix}.safetensors")
     return out
+
+
+def lora_sites(module: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:
+    """(parent, attribute name, peft LoRA layer) for every peft LoRA layer in `module`; [] when it has none."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return []
+    sites = []
+    for parent in module.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, LoraLayer):
+                sites.append((parent, name, child))
+    return sites
+
+
+def merge_problem(layer: torch.nn.Module, training: bool) -> str | None:
+    """Why `layer` (a peft LoRA layer) has no exact merged form for a rollout, or None: only plain LoRA on an
+    nn.Linear, no DoRA or other variant, no dropout when `training` (it makes each call random)."""
+    if not isinstance(layer.get_base_layer(), torch.nn.Linear) or getattr(layer, "fan_in_fan_out", False):
+        return f"LoRA on a {type(layer.get_base_layer()).__name__} (only nn.Linear layers are merged)"
+    for a in layer.active_adapters:
+        if a in getattr(layer, "lora_variant", {}) or getattr(layer, "use_dora", {}).get(a, False):
+            return f"LoRA variant (e.g. DoRA) on adapter {a!r}"
+        dropout = layer.lora_dropout[a]
+        if training and isinstance(dropout, torch.nn.Dropout) and dropout.p > 0:
+            return f"LoRA dropout {dropout.p} in training mode (every rollout call is random)"
+    return None
+
+
+def merged_weight(layer: torch.nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """W + sum over active adapters of scale * B @ A, summed in float32 and rounded once to W's dtype, written
+    into `out` (W's shape; the layer's weights are only read)."""
+    base = layer.get_base_layer().weight
+    merged = base.detach().float()
+    if not layer.disable_adapters:
+        for a in layer.active_adapters:
+            if a in layer.lora_A:
+                delta = layer.lora_B[a].weight.detach().float() @ layer.lora_A[a].weight.detach().float()
+                merged = merged + delta.to(base.device) * layer.scaling[a]  # (out, in)
+    return out.copy_(merged)

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     names = args.reward or [cfg.reward.name if cfg else "shapes"]
     rewards = {name: load_reward(name, device=args.device) for name in names}
     samples = sample_images(adapter, prompts, seed=args.seed, num_steps=args.steps, height=args.height,
-                            width=args.width, batch_size=args.batch_size)
+                            width=args.width, batch_size=args.batch_size, rollout=args.rollout_path)
     metrics: dict[str, float] = {}
     for i, (name, reward) in enumerate(rewards.items()):
         scores = score_images(samples.images, prompts, reward, geneval=i == 0 and not args.no_geneval,

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     out = prepare_output_dir(args.out, "--out")
     adapter, _ = load_model(args)
     samples = sample_images(adapter, prompts, seed=args.seed, num_steps=args.steps, height=args.height,
-                            width=args.width, batch_size=args.batch_size)
+                            width=args.width, batch_size=args.batch_size, rollout=args.rollout_path)
     for i, (prompt, image) in enumerate(zip(prompts, samples.images)):
         slug = re.sub(r"[^a-z0-9]+", "_", prompt.lower()).strip("_")[:60]
         save_png(image, out / f"{i:03d}_{slug}.png")

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
             # image k of prompt i uses noise seed (seed, i * n + k): the same images whatever --limit or resuming
             samples = sample_images(adapter, [meta["prompt"]] * n, seed=args.seed, num_steps=args.steps,
                                     height=args.height, width=args.width, batch_size=args.batch_size,
-                                    start=index * n)
+                                    start=index * n, rollout=args.rollout_path)
             (folder / "samples").mkdir(parents=True, exist_ok=True)
             _write_atomic(folder / "metadata.jsonl", json.dumps(meta))
             for path, image in zip(paths, samples.images):
