@@ -60,7 +60,7 @@ class DemoConfig:
     equal_time: bool = option(True, "GRPO methods also run with iterations scaled to LeapAlign's training time")
     precision: str = option("auto", "bf16: bfloat16 autocast in training (float32 master weights) and evaluation "
                             "sampling; fp32: float32 throughout; auto: bf16 where the CPU has native bfloat16 dot "
-                            "products (AVX512-BF16 or AMX), else fp32")
+                            "products (AVX512-BF16 or AMX) and on a GPU, else fp32")
     workers: int = option(os.cpu_count() or 1, "parallel worker processes, one torch thread each (1 = serial)")
     device: str = option("cpu", "where every job trains, samples and scores: cpu, cuda or cuda:N (the workers share "
                          "the GPU; detection and the statistics stay on the host)")
