@@ -1,4 +1,4 @@
-"""`leapalign demo`: the ShapesWorld comparison, offline on a CPU."""
+"""`leapalign demo`: the ShapesWorld comparison, offline on a CPU (or on a GPU with device=cuda)."""
 
 from __future__ import annotations
 
