@@ -11,8 +11,9 @@ step, and records:
     rollout share the share of the iteration spent in no-grad velocity calls.
 
 No-grad velocity calls are routed to a separate fast path (SplitVelocity): under torch.inference_mode, through
-an optionally torch.compile'd copy of the model. The methods never see the difference: every method's rollout
-is a no-grad loop of velocity calls, and every grad-enabled call goes to the training path.
+the chosen rollout path (fast_rollout.py: merged LoRA, torch.compile'd model). The methods never see the
+difference: every method's rollout is a no-grad loop of velocity calls, and every grad-enabled call goes to the
+training path.
 
 The *floor* of a LeapAlign iteration is what it cannot avoid: the rollout, two grad-enabled forward+backward
 calls and the decoder + reward forward+backward, each timed alone.
@@ -45,13 +46,14 @@ class Workload:
 
     name: str
     velocity: VelocityFn             # grad-enabled training path
-    rollout: VelocityFn              # no-grad path (may be a compiled copy); called under inference_mode
+    rollout: VelocityFn              # no-grad path (fast_rollout.py); called under inference_mode
     noise: torch.Tensor              # (B, ...) initial noise of every iteration
     cond: Any
     reward_fn: RewardFn              # x0 (B, ...) -> (B,), decoder + reward inside
     params: list[torch.nn.Parameter]
     sigmas: Callable[[int], torch.Tensor]
     info: dict = field(default_factory=dict)
+    adapter: Any = None              # the FlowAdapter, for building other rollout paths (bench/paths.py)
 
     @property
     def device(self) -> torch.device:
@@ -197,10 +199,10 @@ def measure_case(wl: Workload, case: Case, warmup: int, iters: int) -> dict:
     return {**asdict(case), "time_s": median(times), "times_s": times,
             "time_per_sample_s": median(times) / len(wl.noise), "rollout_share": median(shares),
             "nograd_calls": split.nograd_calls, "grad_calls": split.grad_calls, "base_mib": base, "peak_mib": peak,
-            "extra_mib": peak - base, "reward": metrics.get("reward")}
+            "extra_mib": peak - base, "reward": metrics.get("reward"), "metrics": metrics}
 
 
-def _median_time(fn: Callable[[], Any], dev: torch.device, warmup: int, iters: int) -> float:
+def median_time(fn: Callable[[], Any], dev: torch.device, warmup: int, iters: int) -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -231,11 +233,11 @@ def measure_floor(wl: Workload, steps: int, warmup: int, iters: int) -> dict:
     def reward() -> None:
         reward_gradient(traj, wl.reward_fn, None)
 
-    parts = {"rollout_s": _median_time(rollout, dev, warmup, iters),
-             "forward_backward_s": _median_time(forward_backward, dev, warmup, iters),
-             "reward_s": _median_time(reward, dev, warmup, iters)}
-    if wl.info.get("compile_rollout"):  # the eager rollout beside the compiled one, for the speed-up
-        parts["rollout_eager_s"] = _median_time(
+    parts = {"rollout_s": median_time(rollout, dev, warmup, iters),
+             "forward_backward_s": median_time(forward_backward, dev, warmup, iters),
+             "reward_s": median_time(reward, dev, warmup, iters)}
+    if wl.info.get("rollout_path", "plain") != "plain":  # the plain rollout beside the fast one, for the speed-up
+        parts["rollout_eager_s"] = median_time(
             lambda: sample_trajectory(wl.velocity, wl.noise, sigmas, wl.cond, inference_mode=True), dev, warmup, iters)
     release(wl)
     floor = parts["rollout_s"] + 2 * parts["forward_backward_s"] + parts["reward_s"]

@@ -34,7 +34,7 @@ def table(doc: dict) -> str:
             lines.append(line)
     for f in doc["floors"]:
         if "rollout_eager_s" in f:
-            lines.append(f"\nT = {f['steps']}: compiled rollout {f['rollout_s']:.3f} s, eager "
+            lines.append(f"\nT = {f['steps']}: {doc['spec']['rollout_path']} rollout {f['rollout_s']:.3f} s, plain "
                          f"{f['rollout_eager_s']:.3f} s (x{f['rollout_eager_s'] / f['rollout_s']:.2f}).")
     if "matmul_peak_tflops" in doc:
         lines += ["", f"Measured bf16 matmul peak: {doc['matmul_peak_tflops']:.0f} TFLOP/s."]

@@ -27,7 +27,8 @@ class BenchSpec:
     device: str = option("cpu", "torch device: cpu or cuda")
     batch: int = option(8, "prompts per iteration (flux: always 1)")
     size: int | None = option(None, "image side in pixels (None: the model's default; flux-random 512)")
-    compile_rollout: bool = option(False, "torch.compile the no-grad rollout path")
+    rollout_path: str = option("plain", "no-grad rollout path of the grid (fast_rollout.py): plain, merged, compiled, "
+                                        "merged_compiled")
     warmup: int = option(2, "untimed iterations per case")
     iters: int = option(3, "timed iterations per case (the median is reported)")
     cudnn_sdp: bool = option(False, "cuDNN SDPA backend (off: on CUDA it gave NaN LoRA gradients in a "
@@ -37,7 +38,7 @@ class BenchSpec:
         if self.device.startswith("cuda"):
             torch.backends.cuda.enable_cudnn_sdp(self.cudnn_sdp)
         return build_workload(self.model, device=self.device, batch=self.batch, size=self.size,
-                              compile_rollout=self.compile_rollout)
+                              rollout_path=self.rollout_path)
 
 
 def environment(spec: BenchSpec) -> dict:

@@ -10,13 +10,13 @@ scoring the cosine similarity to a random text embedding. Memory and time do not
 
 from __future__ import annotations
 
-import copy
 import itertools
 
 import torch
 import torch.nn.functional as F
 
 from leapalign.bench.measure import Workload
+from leapalign.fast_rollout import RolloutVelocity
 
 # black-forest-labs/FLUX.1-dev transformer/config.json and vae/config.json
 FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -38,16 +38,14 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 MODELS = ("shapes", "flux-random", "flux-tiny")
 
 
-def _rollout_path(adapter, compile_rollout: bool):
-    """The adapter's velocity, or that of a shallow copy whose transformer is torch.compile'd (shared weights)."""
-    if not compile_rollout:
+def _rollout_path(adapter, rollout_path: str):
+    """The adapter's velocity, or its fast no-grad path (fast_rollout.py: merged LoRA, torch.compile'd copy)."""
+    if rollout_path == "plain":
         return adapter.velocity
-    fast = copy.copy(adapter)
-    fast.transformer = torch.compile(adapter.transformer, dynamic=False)
-    return fast.velocity
+    return RolloutVelocity(adapter, rollout_path, inference_mode=False)  # the bench's SplitVelocity adds it
 
 
-def shapes_workload(batch: int = 8, *, device: str = "cpu", compile_rollout: bool = False) -> Workload:
+def shapes_workload(batch: int = 8, *, device: str = "cpu", rollout_path: str = "plain") -> Workload:
     """ShapesWorld's DiT (all weights trainable) and learned reward: each the shipped checkpoint, or random weights
     at the default config when it is not there (memory and time are the same; reward gains are not)."""
     from leapalign.adapters.shapes import ShapesAdapter
@@ -76,9 +74,9 @@ def shapes_workload(batch: int = 8, *, device: str = "cpu", compile_rollout: boo
 
     info = {"model": "shapes", "weights": weights, "batch": batch, "size": size,
             "params_m": sum(p.numel() for p in adapter.transformer.parameters()) / 1e6,
-            "compile_rollout": compile_rollout}
-    return Workload("shapes", adapter.velocity, _rollout_path(adapter, compile_rollout), noise, cond, reward_fn,
-                    adapter.trainable_parameters(), lambda t: adapter.sigmas(t, size, size), info)
+            "rollout_path": rollout_path}
+    return Workload("shapes", adapter.velocity, _rollout_path(adapter, rollout_path), noise, cond, reward_fn,
+                    adapter.trainable_parameters(), lambda t: adapter.sigmas(t, size, size), info, adapter)
 
 
 def _build_default_dtype(cls, cfg: dict, device: str, dtype: torch.dtype):
@@ -113,7 +111,7 @@ class ClipStandInReward(torch.nn.Module):
 
 
 def flux_workload(*, tiny: bool = False, size: int = 512, rank: int = 64, device: str = "cuda",
-                  compile_rollout: bool = False, checkpointing: bool = True) -> Workload:
+                  rollout_path: str = "plain", checkpointing: bool = True) -> Workload:
     """FLUX.1-dev-sized random-weight transformer + LoRA, batch 1 (module docstring); `tiny` for dry runs."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
@@ -149,21 +147,21 @@ def flux_workload(*, tiny: bool = False, size: int = 512, rank: int = 64, device
         return reward(adapter.decode(x0))
 
     info = {"model": "flux-tiny" if tiny else "flux-random", "batch": 1, "size": size, "lora_rank": rank,
-            "dtype": "bfloat16", "checkpointing": checkpointing, "compile_rollout": compile_rollout,
+            "dtype": "bfloat16", "checkpointing": checkpointing, "rollout_path": rollout_path,
             "params_b": sum(p.numel() for p in transformer.parameters()) / 1e9,
             "lora_params_m": sum(p.numel() for p in params) / 1e6}
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name()
         info["weights_gib"] = torch.cuda.memory_allocated() / 2**30
-    return Workload(info["model"], adapter.velocity, _rollout_path(adapter, compile_rollout), noise, cond,
-                    reward_fn, params, lambda t: adapter.sigmas(t, size, size).to(device), info)
+    return Workload(info["model"], adapter.velocity, _rollout_path(adapter, rollout_path), noise, cond,
+                    reward_fn, params, lambda t: adapter.sigmas(t, size, size).to(device), info, adapter)
 
 
-def build_workload(model: str, *, device: str, batch: int, size: int | None, compile_rollout: bool) -> Workload:
+def build_workload(model: str, *, device: str, batch: int, size: int | None, rollout_path: str) -> Workload:
     if model == "shapes":
-        return shapes_workload(batch, device=device, compile_rollout=compile_rollout)
+        return shapes_workload(batch, device=device, rollout_path=rollout_path)
     if model in ("flux-random", "flux-tiny"):
         tiny = model == "flux-tiny"
         return flux_workload(tiny=tiny, size=size or (64 if tiny else 512), device=device,
-                             compile_rollout=compile_rollout)
+                             rollout_path=rollout_path)
     raise ValueError(f"unknown bench model {model!r}; choose one of: {', '.join(MODELS)}")

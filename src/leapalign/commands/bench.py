@@ -3,6 +3,7 @@
     leapalign bench --out bench/cpu                                   # ShapesWorld on CPU, one process per case
     leapalign bench --model flux-random --device cuda --out bench/gpu # FLUX.1-dev-sized, LoRA, bf16, 512x512
     leapalign bench --pairs 1 2 4 --out bench/pairs                   # reward gain per second vs pairs_per_rollout
+    leapalign bench --model flux-tiny --steps 25 --rollout-paths plain merged compiled --out bench/paths
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from leapalign.bench.measure import ALL_CASES, make_case
 from leapalign.bench.workloads import MODELS
+from leapalign.fast_rollout import ROLLOUT_PATHS
 
 HELP = "benchmark memory and time per method and number of steps (table, JSON, PNG)"
 
@@ -32,7 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="T values at which to time the floor parts (default: every --steps)")
     p.add_argument("--batch", type=int, default=8, help="prompts per iteration (shapes; flux uses 1)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the no-grad rollout path")
+    p.add_argument("--rollout-path", default="plain", choices=ROLLOUT_PATHS[1:],
+                   help="no-grad rollout path of the grid (fast_rollout.py; default plain)")
+    p.add_argument("--rollout-paths", nargs="*", default=None, metavar="PATH[:DTYPE]",
+                   help="instead of the grid: these rollout paths side by side at every --steps (e.g. plain merged "
+                        "compiled merged_compiled merged:bfloat16)")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled paths")
+    p.add_argument("--compile-mode", default=None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)")
     p.add_argument("--warmup", type=int, default=2, help="untimed iterations per case")
     p.add_argument("--iters", type=int, default=3, help="timed iterations per case (median reported)")
     p.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
@@ -71,12 +79,18 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     spec = BenchSpec(model=args.model, device=args.device, batch=args.batch, size=args.size,
-                     compile_rollout=args.compile, warmup=args.warmup, iters=args.iters)
+                     rollout_path=args.rollout_path, warmup=args.warmup, iters=args.iters)
     if args.pairs is not None:
         from leapalign.bench.pairs import pairs_gain, pairs_table
 
         doc = pairs_gain(spec, args.pairs or [1, 2, 4], steps=args.steps[0], iters=args.pairs_iters)
         text = pairs_table(doc)
+    elif args.rollout_paths is not None:
+        from leapalign.bench.paths import measure_paths, paths_table
+
+        doc = measure_paths(spec, args.rollout_paths or ["plain", "merged", "compiled", "merged_compiled"],
+                            args.steps, compile_backend=args.compile_backend, compile_mode=args.compile_mode)
+        text = paths_table(doc)
     else:
         cases = parse_grid(args)
 
@@ -93,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         plot(doc, out / "bench.png")
         text = table(doc) + "\n\n" + json.dumps(doc["summary"], indent=1)
     (out / "bench.md").write_text(text + "\n")
-    if args.pairs is not None:
-        (out / "pairs.json").write_text(json.dumps(doc, indent=1))
+    if args.pairs is not None or args.rollout_paths is not None:
+        (out / ("pairs.json" if args.pairs is not None else "paths.json")).write_text(json.dumps(doc, indent=1))
     print(text)
     return 0
