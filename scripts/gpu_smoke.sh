@@ -7,10 +7,12 @@
 #   demo_quick                  `leapalign demo --quick device=...` (workers share the GPU)
 #   flux_tiny, sd3_tiny         tiny random pipelines: rollout equals the pipeline's, LoRA + bf16 LeapAlign step
 #   fsdp_world1                 accelerate's FSDP code path with one process (configs/accelerate/fsdp_shapes.yaml)
+#   eval_fsdp                   `leapalign eval` of that run's sharded checkpoint (step 2)
 #   bench_flux                  `leapalign bench --model flux-random` for LeapAlign (FLUX.1-dev-sized, random bf16)
 # Run from anywhere; on the lent GPU machine (no diffusers there: wheels in .whl/, as scripts/gpu_bench.sh):
 #   bash scripts/gpu_smoke.sh
-#   SMOKE_DEVICE=cpu bash scripts/gpu_smoke.sh     # the same commands on the CPU (bench: flux-tiny; no FSDP)
+#   SMOKE_DEVICE=cpu bash scripts/gpu_smoke.sh     # the same commands on the CPU (bench: flux-tiny; FSDP skipped:
+#                                                  # accelerate selects FSDP on GPUs only)
 # Settings (environment): SMOKE_DEVICE (cuda), SMOKE_OUT (a fresh /tmp folder), SMOKE_JOBS (checks at once:
 # 8 on cuda, 2 on cpu), SMOKE_ONLY (a bash regex of the check names to run; the others print SKIP),
 # SMOKE_METHODS (all eight), SMOKE_PRECISIONS ("fp32 bf16").
@@ -98,6 +100,16 @@ fi
 BENCH_MODEL=$([[ $DEVICE == cpu ]] && echo flux-tiny || echo flux-random)
 check bench_flux "${LA[@]}" bench --model "$BENCH_MODEL" --device "$DEVICE" --no-isolate --cases leapalign \
   --steps 4 --warmup 0 --iters 1 --out "$OUT/bench_out"
+report
+
+# 3. `leapalign eval` reads the FSDP run's sharded checkpoint (step 2)
+if [[ $DEVICE == cpu ]]; then
+  NAMES+=(eval_fsdp)
+  echo "SKIP eval_fsdp 0.0" >"$OUT/eval_fsdp.result"
+else
+  check eval_fsdp "${LA[@]}" eval --weights "$OUT/fsdp_world1/checkpoints/step_0000002" --device "$DEVICE" \
+    --num-prompts 8 --steps 4 --batch-size 8
+fi
 report
 ls configs/accelerate/fsdp_shapes.yaml >/dev/null || echo "note: configs/accelerate/fsdp_shapes.yaml is missing"
 

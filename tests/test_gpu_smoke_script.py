@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "scripts" / "gpu_smoke.sh"
 METHODS = ["leapalign", "refl", "draft", "draft_lv", "drtune", "full", "flow_grpo", "mix_grpo"]
-OTHERS = ["eval", "generate", "demo_quick", "flux_tiny", "sd3_tiny", "fsdp_world1", "bench_flux"]
+OTHERS = ["eval", "generate", "demo_quick", "flux_tiny", "sd3_tiny", "fsdp_world1", "bench_flux", "eval_fsdp"]
 CHECKS = [f"train_{m}_{p}" for m in METHODS for p in ("fp32", "bf16")] + OTHERS
 
 
