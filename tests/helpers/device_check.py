@@ -44,6 +44,19 @@ class StandIn(torch.Tensor):
     def __repr__(self) -> str:
         return f"StandIn({self.elem!r})"
 
+    @property
+    def data(self) -> "StandIn":  # an alias of the values, as Tensor.data
+        return StandIn(self.elem.detach())
+
+    @data.setter
+    def data(self, new: torch.Tensor) -> None:  # `p.data = w` swaps the values (ReferenceVelocity relies on it)
+        if new.shape != self.shape:
+            raise ValueError(f"a stand-in's .data keeps its shape {tuple(self.shape)}, got {tuple(new.shape)}")
+        self.elem = new.elem if isinstance(new, StandIn) else new
+
+    def tolist(self) -> list:  # works on CUDA tensors too (a sync); `.numpy()` does not, and fails here as well
+        return self.elem.tolist()
+
     @classmethod
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):
         return _run(func, args, kwargs or {}, None)
