@@ -9,7 +9,8 @@ some of them work (a 0-dim CPU tensor as the second operand of `mul`) and others
 code takes the input's device) has none. Also recorded: a CPU generator drawing directly onto the device
 (`torch.randn(..., generator=cpu_gen, device=cuda)` raises on CUDA). Explicit transfers (`.to(device)`, `copy_`)
 are not mix-ups. `meta` is used as the stand-in because autograd runs meta tensors on the calling thread, as CPU
-ones, so backward passes run too.
+ones, so backward passes run too; accelerate trains on it with ACCELERATE_TORCH_DEVICE=meta. Not seen: kernel-level
+differences between devices and code that branches on `device.type == "cuda"` (scripts/gpu_smoke.sh runs those).
 """
 
 from __future__ import annotations
