@@ -12,6 +12,12 @@ from helpers import tiny_pipelines as tp
 from leapalign.trainer import train
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Dynamo's compile cache is per code object and process-wide: start each test without earlier graphs."""
+    torch._dynamo.reset()
+
+
 def weights(result) -> dict[str, torch.Tensor]:
     return load_file(str(result.weights))
 

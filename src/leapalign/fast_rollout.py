@@ -20,7 +20,10 @@ merge/unmerge. Cost: memory of one copy of the touched layers' weights. W' compu
 computes x W^T + s (x A^T) B^T: the same function, rounded differently (measured in tests/test_fast_rollout.py:
 the final sample of a tiny Flux rollout moves by rounding only, in float32 and in bfloat16).
 
-Compile. Compiled graphs are counted (dynamo's graph counter around each call; the calls are sequential): the
+Compile. A model that names its repeated blocks (diffusers' `_repeated_blocks`: Flux's double and single stream
+blocks) is compiled by region: each block is wrapped by torch.compile and swapped into its parent for the no-grad
+calls, so a few graphs serve all 57 of FLUX.1-dev's blocks (one per block class, plus one for the first
+single-stream block, whose input has other strides; tested), not one graph of the whole 12 B model; other models (ShapesWorld's DiT, SD3) are compiled whole. Compiled graphs are counted (dynamo's graph counter around each call; the calls are sequential): the
 graphs of the first compiling call, then every later one as a recompile, each printed with its wall time, so a
 recompile per iteration (a guard on something that changes every iteration) shows at once. The merged weights
 are refreshed in place and the merged layers are the same modules every call, so neither a merge nor an
@@ -55,6 +58,26 @@ def _log_once(message: str) -> None:
     if message not in _LOGGED:
         _LOGGED.add(message)
         print(message, file=sys.stderr, flush=True)
+
+
+def repeated_blocks(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str, torch.nn.Module]]:
+    """(parent, name, block) for every module whose class the model lists in `_repeated_blocks` (diffusers)."""
+    names = set(getattr(model, "_repeated_blocks", None) or ())
+    return [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+            if type(child).__name__ in names]
+
+
+@contextmanager
+def swapped(sites: list[tuple[torch.nn.Module, str, torch.nn.Module]]) -> Iterator[None]:
+    """Inside the block each (parent, name, stand-in) has the stand-in in its place; the originals come back."""
+    originals = [getattr(parent, name) for parent, name, _ in sites]
+    for parent, name, stand_in in sites:
+        setattr(parent, name, stand_in)
+    try:
+        yield
+    finally:
+        for (parent, name, _), original in zip(sites, originals):
+            setattr(parent, name, original)
 
 
 class MergedLora:
@@ -100,13 +123,8 @@ class MergedLora:
     def swapped(self) -> Iterator[None]:
         """Inside the block every LoRA layer is replaced by its merged nn.Linear; restored on exit."""
         self.refresh()
-        for (parent, name, _), linear in zip(self.sites, self.linears):
-            setattr(parent, name, linear)
-        try:
+        with swapped([(parent, name, linear) for (parent, name, _), linear in zip(self.sites, self.linears)]):
             yield
-        finally:
-            for parent, name, layer in self.sites:
-                setattr(parent, name, layer)
 
 
 def merged_lora(model: torch.nn.Module) -> MergedLora:
@@ -158,30 +176,34 @@ class RolloutVelocity:
         self.adapter = adapter
         self.path, self.why = choose_path(path, adapter.transformer)
         self.merged = merged_lora(adapter.transformer) if "merged" in self.path else None
-        self.fast = adapter
-        if "compiled" in self.path:  # a shallow copy of the adapter whose transformer is compiled (shared weights)
-            self.fast = copy.copy(adapter)
-            self.fast.transformer = torch.compile(adapter.transformer, backend=compile_backend, mode=compile_mode,
-                                                  dynamic=False)
+        self.fast, self.regions, self.compiled = adapter, [], "compiled" in self.path
+        if self.compiled:
+            options = dict(backend=compile_backend, mode=compile_mode, dynamic=False)
+            self.regions = [(parent, name, torch.compile(block, **options))
+                            for parent, name, block in repeated_blocks(adapter.transformer)]
+            if not self.regions:  # a shallow copy of the adapter whose transformer is compiled (shared weights)
+                self.fast = copy.copy(adapter)
+                self.fast.transformer = torch.compile(adapter.transformer, **options)
         self.inference_mode = inference_mode
         self.dtype = ROLLOUT_DTYPES.get(dtype) if dtype else None
         self.stats = RolloutStats(self.path)
-        detail = f", {compile_backend} {compile_mode or ''}".rstrip() if self.fast is not adapter else ""
+        detail = (f", {compile_backend} {compile_mode or ''}".rstrip() + (", by block" if self.regions else "")
+                  if self.compiled else "")
         _log_once(f"rollout path: {self.path}{detail}" + (f", {dtype} autocast" if dtype else "") + f" ({self.why})")
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
         if torch.is_grad_enabled():
             return self.adapter.velocity(x, sigma, cond)
-        with self.merged.swapped() if self.merged is not None else nullcontext(), \
+        with self.merged.swapped() if self.merged is not None else nullcontext(), swapped(self.regions), \
                 torch.inference_mode() if self.inference_mode else nullcontext(), \
                 torch.autocast(x.device.type, self.dtype) if self.dtype is not None else nullcontext():
             v = self._fast_call(x, sigma, cond).to(x.dtype)
         self.stats.calls += 1
         self.stats.merges = self.merged.merges if self.merged is not None else 0
-        return v.clone() if self.inference_mode or self.fast is not self.adapter else v
+        return v.clone() if self.inference_mode or self.compiled else v
 
     def _fast_call(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
-        if self.fast is self.adapter:
+        if not self.compiled:
             return self.adapter.velocity(x, sigma, cond)
         from torch._dynamo.utils import counters
 
