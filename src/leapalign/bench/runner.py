@@ -25,7 +25,7 @@ from leapalign.types import option
 class BenchSpec:
     model: str = option("shapes", "shapes | flux-random | flux-tiny")
     device: str = option("cpu", "torch device: cpu or cuda")
-    batch: int = option(8, "prompts per iteration (flux: always 1)")
+    batch: int = option(8, "prompts per iteration")
     size: int | None = option(None, "image side in pixels (None: the model's default; flux-random 512)")
     rollout_path: str = option("plain", "no-grad rollout path of the grid (fast_rollout.py): plain, merged, compiled, "
                                         "merged_compiled")

@@ -110,9 +110,9 @@ class ClipStandInReward(torch.nn.Module):
         return (emb * self.text.float()).sum(-1)  # (B,)
 
 
-def flux_workload(*, tiny: bool = False, size: int = 512, rank: int = 64, device: str = "cuda",
+def flux_workload(*, tiny: bool = False, size: int = 512, batch: int = 1, rank: int = 64, device: str = "cuda",
                   rollout_path: str = "plain", checkpointing: bool = True) -> Workload:
-    """FLUX.1-dev-sized random-weight transformer + LoRA, batch 1 (module docstring); `tiny` for dry runs."""
+    """FLUX.1-dev-sized random-weight transformer + LoRA (module docstring); `tiny` for dry runs."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
@@ -137,16 +137,16 @@ def flux_workload(*, tiny: bool = False, size: int = 512, rank: int = 64, device
     adapter.set_gradient_checkpointing(checkpointing)
     g = torch.Generator(device=device).manual_seed(0)
     cond = FluxConditioning(
-        torch.randn(1, 512, tcfg["joint_attention_dim"], generator=g, device=device, dtype=dtype),
-        torch.randn(1, tcfg["pooled_projection_dim"], generator=g, device=device, dtype=dtype))
-    noise = torch.randn(1, *adapter.latent_shape(size, size), generator=g, device=device, dtype=dtype)
+        torch.randn(batch, 512, tcfg["joint_attention_dim"], generator=g, device=device, dtype=dtype),
+        torch.randn(batch, tcfg["pooled_projection_dim"], generator=g, device=device, dtype=dtype))
+    noise = torch.randn(batch, *adapter.latent_shape(size, size), generator=g, device=device, dtype=dtype)
     reward = ClipStandInReward(vision, torch.randn(1, ccfg["projection_dim"], generator=g, device=device,
                                                    dtype=dtype)).to(device)
 
     def reward_fn(x0: torch.Tensor) -> torch.Tensor:
         return reward(adapter.decode(x0))
 
-    info = {"model": "flux-tiny" if tiny else "flux-random", "batch": 1, "size": size, "lora_rank": rank,
+    info = {"model": "flux-tiny" if tiny else "flux-random", "batch": batch, "size": size, "lora_rank": rank,
             "dtype": "bfloat16", "checkpointing": checkpointing, "rollout_path": rollout_path,
             "params_b": sum(p.numel() for p in transformer.parameters()) / 1e9,
             "lora_params_m": sum(p.numel() for p in params) / 1e6}
@@ -162,6 +162,6 @@ def build_workload(model: str, *, device: str, batch: int, size: int | None, rol
         return shapes_workload(batch, device=device, rollout_path=rollout_path)
     if model in ("flux-random", "flux-tiny"):
         tiny = model == "flux-tiny"
-        return flux_workload(tiny=tiny, size=size or (64 if tiny else 512), device=device,
+        return flux_workload(tiny=tiny, size=size or (64 if tiny else 512), batch=batch, device=device,
                              rollout_path=rollout_path)
     raise ValueError(f"unknown bench model {model!r}; choose one of: {', '.join(MODELS)}")

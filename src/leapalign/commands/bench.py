@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--leap-T", type=int, default=25, help="T of the leap start sweep")
     p.add_argument("--floor-steps", type=int, nargs="*", default=None,
                    help="T values at which to time the floor parts (default: every --steps)")
-    p.add_argument("--batch", type=int, default=8, help="prompts per iteration (shapes; flux uses 1)")
+    p.add_argument("--batch", type=int, default=None, help="prompts per iteration (default: shapes 8, flux 1)")
     p.add_argument("--size", type=int, default=None, help="image side in pixels (default: the model's)")
     p.add_argument("--rollout-path", default="plain", choices=ROLLOUT_PATHS[1:],
                    help="no-grad rollout path of the grid (fast_rollout.py; default plain)")
@@ -62,7 +62,7 @@ def parse_grid(args: argparse.Namespace) -> list:
     # in the order given (--steps, then --at), so a run cut short has measured the first ones
     for steps in dict.fromkeys([*args.steps, *overrides]):
         for name in overrides.get(steps, args.cases):
-            case = make_case(name, steps, batch=1 if args.model.startswith("flux") else args.batch)
+            case = make_case(name, steps, batch=args.batch)
             if case is not None:
                 cases.append(case)
     for k in args.leap_steps:
@@ -74,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
     from leapalign.bench.report import plot, table
     from leapalign.bench.runner import BenchSpec, run_in_process, run_isolated, summarize
 
+    if args.batch is None:
+        args.batch = 1 if args.model.startswith("flux") else 8
     if min(args.steps) < 2 or args.iters < 1 or args.warmup < 0 or args.batch < 1:
         raise ValueError("need every --steps >= 2, --iters >= 1, --warmup >= 0 and --batch >= 1")
     out = Path(args.out)
