@@ -2,7 +2,9 @@
 
 Per path (fast_rollout.py), on one workload in one process (the same weights, noise and pair seed for every path):
 
-    rollout_s          median time of a T-step no-grad rollout, after the first (compiling) one
+    rollout_s          median time of a T-step no-grad rollout, after the first (compiling) one, timed in rounds
+                       over all paths (a change in the machine's load hits every path alike); speedup = plain's
+                       rollout_s (the plain row's, else the floor's) over it
     first_s            that first rollout, compile included; compiles, recompiles, compile_s from RolloutStats
                        (recompiles counts every later compile: the timed rollouts and the LeapAlign iterations)
     tflops             GPU: the plain rollout's FLOPs (FlopCounterMode, one eager call x T) over rollout_s, and
@@ -10,6 +12,7 @@ Per path (fast_rollout.py), on one workload in one process (the same weights, no
     leapalign_s        median LeapAlign iteration (decoupled) with this path; floor_s = rollout_s + 2 x one
                        grad-enabled forward+backward + decoder/reward forward+backward (the last two timed once,
                        with the plain path: they do not depend on it); over_floor = leapalign_s / floor_s
+                       (the LeapAlign iterations run path after path, not in rounds)
     deviation          max |x_0(path) - x_0(plain)| / max |x_0(plain)| of the final rollout sample
     reward, d_j, d_0   LeapAlign's metrics of the last timed iteration (the low-precision rollout moves d_j, d_0)
     extra_mib          memory held after the first rollout minus before (the merged copies; on CPU the RSS)
@@ -54,35 +57,41 @@ def _rows(wl, spec, paths: list[str], parsed: list, steps: int, compile_backend:
     floor = measure_floor(wl, steps, max(1, spec.warmup), spec.iters)  # plain rollout; fwd+bwd and reward parts
     plain_x0 = sample_trajectory(wl.velocity, wl.noise, sigmas, wl.cond, inference_mode=True).sample.float()
     cuda = dev.type == "cuda"
-    peak = matmul_peak_tflops(dev) if cuda else None
-    flops = rollout_flops(wl, steps) if cuda else None
-    rows = []
-    for text, (name, dtype) in zip(paths, parsed):
+    velocities, rows = [], []
+    for text, (name, dtype) in zip(paths, parsed):  # the first rollout of each path: compiles, merges
         rv = RolloutVelocity(wl.adapter, name, compile_backend=compile_backend, compile_mode=compile_mode, dtype=dtype)
-
-        def rollout():
-            return sample_trajectory(rv, wl.noise, sigmas, wl.cond)
-
         before = memory_now(dev)
         sync(dev)
         start = time.perf_counter()
-        x0 = rollout().sample.float()
+        x0 = sample_trajectory(rv, wl.noise, sigmas, wl.cond).sample.float()
         sync(dev)
-        first_s, extra = time.perf_counter() - start, memory_now(dev) - before
-        rollout_s = median_time(rollout, dev, spec.warmup, spec.iters)
+        velocities.append(rv)
+        rows.append({"path": text, "steps": steps, "first_s": time.perf_counter() - start,
+                     "extra_mib": memory_now(dev) - before,
+                     "deviation": float((x0 - plain_x0).abs().max() / plain_x0.abs().max())})
+    # Rollout times in rounds over all paths, so that a change in the machine's load hits every path alike.
+    times: list[list[float]] = [[] for _ in paths]
+    for round_ in range(spec.warmup + spec.iters):
+        for rv, ts in zip(velocities, times):
+            seconds = median_time(lambda: sample_trajectory(rv, wl.noise, sigmas, wl.cond), dev, 0, 1)
+            if round_ >= spec.warmup:
+                ts.append(seconds)
+    for row, ts in zip(rows, times):
+        row["rollout_s"] = sorted(ts)[len(ts) // 2]
+    plain_s = next((r["rollout_s"] for r in rows if r["path"] == "plain"), floor["rollout_s"])
+    peak = matmul_peak_tflops(dev) if cuda else None
+    flops = rollout_flops(wl, steps) if cuda else None
+    for row, rv in zip(rows, velocities):
         case = measure_case(replace(wl, rollout=rv), make_case("leapalign", steps), spec.warmup, spec.iters)
-        floor_s = rollout_s + 2 * floor["forward_backward_s"] + floor["reward_s"]
-        row = {"path": text, "steps": steps, "rollout_s": rollout_s, "first_s": first_s,
-               "speedup": floor["rollout_s"] / rollout_s, "compiles": rv.stats.compiles,
-               "recompiles": rv.stats.recompiles, "compile_s": rv.stats.compile_s, "merges": rv.stats.merges,
-               "leapalign_s": case["time_s"], "floor_s": floor_s, "over_floor": case["time_s"] / floor_s,
-               "deviation": float((x0 - plain_x0).abs().max() / plain_x0.abs().max()), "extra_mib": extra,
-               **{k: case["metrics"].get(k) for k in ("reward", "d_j", "d_0")}}
+        floor_s = row["rollout_s"] + 2 * floor["forward_backward_s"] + floor["reward_s"]
+        row.update(speedup=plain_s / row["rollout_s"], compiles=rv.stats.compiles, recompiles=rv.stats.recompiles,
+                   compile_s=rv.stats.compile_s, merges=rv.stats.merges, leapalign_s=case["time_s"], floor_s=floor_s,
+                   over_floor=case["time_s"] / floor_s, plain_rollout_s=plain_s, matmul_peak_tflops=peak,
+                   **{k: case["metrics"].get(k) for k in ("reward", "d_j", "d_0")})
         if cuda:
-            row["tflops"] = flops / rollout_s / 1e12
+            row["tflops"] = flops / row["rollout_s"] / 1e12
             row["peak_share"] = row["tflops"] / peak
-        rows.append(row)
-    return [{**r, "plain_rollout_s": floor["rollout_s"], "matmul_peak_tflops": peak} for r in rows]
+    return rows
 
 
 def paths_table(doc: dict) -> str:
