@@ -57,14 +57,14 @@ def test_merged_rollout_equals_the_unmerged_one_up_to_rounding_in_fp32_and_bf16(
         for p, s in zip([p for p in params if p.shape[0] != 4], saved):
             p.copy_(s)
     fp32_dev, lora_effect = (merged - plain).abs().max(), (base - plain).abs().max()
-    assert 0 < fp32_dev < 1e-5 * plain.abs().max() and lora_effect > 1e4 * fp32_dev  # measured 4.8e-7 of 4.6
+    assert 0 < fp32_dev < 1e-5 * plain.abs().max() and lora_effect > 1e4 * fp32_dev  # measured 4.8e-7 of 4.54
     adapter.transformer.to(torch.bfloat16)
     try:
         plain16 = rollout(RolloutVelocity(adapter, "plain"), flux, torch.bfloat16)
         merged16 = rollout(RolloutVelocity(adapter, "merged"), flux, torch.bfloat16)
     finally:
         adapter.transformer.to(torch.float32)
-    # merging moves the bf16 rollout by less than bf16 itself moves it from fp32 (measured 0.023 vs 0.11)
+    # merging moves the bf16 rollout by less than bf16 itself moves it from fp32 (measured 0.031 vs 0.094)
     assert 0 < (merged16 - plain16).abs().max() <= (plain16 - plain).abs().max()
 
 
