@@ -22,8 +22,9 @@ def test_bench_runs_and_writes_json(tmp_path, capsys):
     for r in doc["rows"]:
         assert r["time_s"] > 0 and 0 <= r["rollout_share"] <= 1 and r["peak_mib"] > 0
     # grad-enabled velocity calls per iteration: the two leaps, one ReFL call, two checkpointed DRaFT steps
-    # (each run again in backward); GRPO: one per trained SDE step (T - 1 = 2: the last step is deterministic)
-    assert [r["grad_calls"] for r in doc["rows"][:6]] == [2, 2, 1, 4, 2, 2]
+    # (each run again in backward); GRPO: one per trained SDE step (Flow-GRPO T - 1 = 2, the last step is never
+    # trained; MixGRPO's window stays within steps 0..T-3, MixGRPO's max_timesteps: one step at T = 3)
+    assert [r["grad_calls"] for r in doc["rows"][:6]] == [2, 2, 1, 4, 2, 1]
     assert all(r["time_per_sample_s"] == r["time_s"] / 4 for r in doc["rows"])
     assert [f["steps"] for f in doc["floors"]] == [3]
     assert "leapalign_time_over_floor" in doc["summary"]
