@@ -163,3 +163,19 @@ def test_bf16_rollout_is_opt_in_and_moves_the_fp32_rollout_by_bf16_rounding_only
     plain = rollout(RolloutVelocity(flux[0], "plain"), flux)
     low = rollout(RolloutVelocity(flux[0], "merged", dtype="bfloat16"), flux)
     assert 0 < (low - plain).abs().max() < 0.05 * plain.abs().max()
+
+
+def test_sampling_takes_the_merged_path_by_default_for_a_lora(flux):
+    from leapalign.evaluate import sample_images
+    from leapalign.fast_rollout import merged_lora
+
+    adapter = flux[0]
+    merges = merged_lora(adapter.transformer).merges
+    with torch.no_grad():
+        for p in flux[1]:  # a new LoRA state: the default path must merge it
+            p.mul_(-1)
+    kwargs = dict(seed=0, num_steps=3, height=32, width=32)
+    auto = sample_images(adapter, ["a red circle", "two blue squares"], **kwargs)
+    assert merged_lora(adapter.transformer).merges == merges + 1
+    plain = sample_images(adapter, ["a red circle", "two blue squares"], rollout="plain", **kwargs)
+    assert 0 < (auto.latents - plain.latents).abs().max() < 1e-5
