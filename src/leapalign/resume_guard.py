@@ -18,9 +18,12 @@ import yaml
 from leapalign.config import TrainConfig, from_dict, method_config, to_dict
 
 # Exact keys, or prefixes ending in '.'. embedding_cache/gradient_checkpointing/inference_rollout change where
-# embeddings live and what is recomputed, not the numbers (tests/test_trainer.py checks inference_rollout).
+# embeddings live and what is recomputed, not the numbers (tests/test_trainer.py checks inference_rollout); the
+# rollout path and its compile settings change the rollout by rounding only (tests/test_fast_rollout_training.py).
+# rollout_dtype is not safe: a lower-precision rollout changes what the reward sees.
 SAFE = ("output_dir", "resume", "log_every", "logger", "save_every", "keep_checkpoints", "max_consecutive_skips",
-        "threads", "eval.", "model.embedding_cache", "model.gradient_checkpointing", "model.inference_rollout")
+        "threads", "eval.", "model.embedding_cache", "model.gradient_checkpointing", "model.inference_rollout",
+        "model.rollout_path", "model.rollout_compile_backend", "model.rollout_compile_mode")
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
