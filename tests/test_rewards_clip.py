@@ -90,7 +90,7 @@ def test_registry_names_user_paths_and_errors(clip_dir):
     assert load_reward("test_rewards_clip:my_factory")(torch.ones(2, 3, 4, 4), ["a", "b"]).tolist() == [1.0, 1.0]
     reward = load_reward("leapalign.rewards.clip:ClipReward", path=str(clip_dir[0]))
     assert reward.name == "clip"
-    with pytest.raises(ValueError, match="unknown reward 'hps'; valid names: aesthetic, clip, detector, hpsv2"):
+    with pytest.raises(ValueError, match="unknown reward 'hps'; valid names: aesthetic, clip, detector, geneval, "):
         load_reward("hps")
     with pytest.raises(ValueError, match="cannot import module 'no_such_pkg.mod'"):
         load_reward("no_such_pkg.mod:fn")
