@@ -12,7 +12,7 @@ from leapalign.methods import METHODS
 from leapalign.modes.jobs import rows
 from leapalign.modes.model import load_base
 from leapalign.modes.rewards import reward
-from leapalign.modes.train import RunSpec, finetune
+from leapalign.modes.train import ModeRun, finetune
 from leapalign.modes.world import ModeWorld
 
 T = 10
@@ -93,7 +93,7 @@ def test_drtune_and_grpo_reach_early_steps(world_model):
 def test_finetune_changes_the_model_and_is_seeded(world_model):
     world, _ = world_model
     base = load_base(2)
-    spec = RunSpec("leapalign", "leapalign", {}, 1e-3, 3, 0)
+    spec = ModeRun("leapalign", "leapalign", {}, 1e-3, 3, 0)
     a, b = finetune(world, base, spec, world.split("train")), finetune(world, base, spec, world.split("train"))
     pa, pb, p0 = (list(m.parameters()) for m in (a.model, b.model, base))
     assert all(torch.equal(x, y) for x, y in zip(pa, pb))

@@ -26,7 +26,7 @@ from leapalign.modes.jobs import Job, rows, run_jobs
 from leapalign.modes.metrics import mode_decision_curve
 from leapalign.modes.model import load_base
 from leapalign.modes.rewards import REWARDS
-from leapalign.modes.train import EvalSet, RunSpec, velocity_of
+from leapalign.modes.train import EvalSet, ModeRun, velocity_of
 from leapalign.modes.world import ModeWorld
 from leapalign.types import option
 
@@ -80,7 +80,7 @@ QUICK = {"seeds": [0, 1], "iterations": 6, "eval_every": 3, "eval_per_cond": 16,
 def _job(cfg: ModesDemoConfig, name: str, seed: int, lr: float, iterations: int, split: str = "heldout",
          picture: int | None = None, run_name: str | None = None) -> Job:
     method, args = ("base", {}) if name == "base" else rows(cfg.num_steps, cfg.iterations)[name]
-    spec = RunSpec(run_name or name, method, args, lr, iterations, seed, cfg.reward, cfg.num_steps,
+    spec = ModeRun(run_name or name, method, args, lr, iterations, seed, cfg.reward, cfg.num_steps,
                    cfg.conds_per_iter, cfg.group, cfg.eval_every if split == "heldout" else 0)
     return Job(spec, cfg.dim, split, cfg.eval_per_cond, cfg.curve_per_cond, cfg.eval_seed, picture, cfg.base_dir)
 

@@ -14,7 +14,7 @@ import torch
 from leapalign.modes.metrics import sample_metrics, summary
 from leapalign.modes.model import load_base
 from leapalign.modes.rewards import reward as make_reward
-from leapalign.modes.train import EvalSet, RunSpec, finetune, sample, velocity_change
+from leapalign.modes.train import EvalSet, ModeRun, finetune, sample, velocity_change
 from leapalign.modes.world import ModeWorld
 
 
@@ -47,7 +47,7 @@ def rows(num_steps: int, iterations: int) -> dict[str, tuple[str, dict]]:
 class Job:
     """Train spec.method (None: the base model) and score it on `split` (validation for tuning, heldout else)."""
 
-    spec: RunSpec
+    spec: ModeRun
     dim: int
     split: str
     per_cond: int

@@ -26,7 +26,7 @@ from leapalign.modes.world import ModeWorld
 
 
 @dataclass(frozen=True)
-class RunSpec:
+class ModeRun:
     """One fine-tuning run. `args`: the method's config fields; `name`: the row it reports under."""
 
     name: str
@@ -64,7 +64,7 @@ class EvalSet:
 
 @dataclass
 class RunResult:
-    spec: RunSpec
+    spec: ModeRun
     curve: list[dict] = field(default_factory=list)  # {"iteration", target_mode_rate, off_manifold_rate, reward}
     train_seconds: float = 0.0
     model: VelocityMLP | None = None
@@ -88,7 +88,7 @@ def evaluate(world: ModeWorld, model: VelocityMLP, ev: EvalSet, reward: str, num
     return summary(world, x, r, base_x)
 
 
-def finetune(world: ModeWorld, base: VelocityMLP, spec: RunSpec, train_conds: list[int],
+def finetune(world: ModeWorld, base: VelocityMLP, spec: ModeRun, train_conds: list[int],
              curve_set: EvalSet | None = None) -> RunResult:
     """Train a copy of `base` per `spec`; the curve (every spec.eval_every iterations, on curve_set) is not timed."""
     model = copy.deepcopy(base).train().requires_grad_(True)
