@@ -132,7 +132,7 @@ def load(accelerator, path: Path, sharded: dict | None = None) -> dict:
     if meta["world_size"] != accelerator.num_processes:
         raise ValueError(f"checkpoint {path} was written by {meta['world_size']} processes, this run has "
                          f"{accelerator.num_processes}; resume with the same number of processes")
-    if (sharded is None) != (not (path / SHARDED).is_dir()):
+    if (sharded is not None) != (path / SHARDED).is_dir():
         raise ValueError(f"checkpoint {path} was written " + ("under FSDP" if sharded is None else "without FSDP")
                          + "; resume it with the same accelerate configuration")
     if sharded is None:

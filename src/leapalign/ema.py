@@ -17,12 +17,12 @@ from leapalign.sharding import reshard
 
 
 class EMA:
-    def __init__(self, params: list[torch.nn.Parameter], decay: float, sharded_model: torch.nn.Module | None = None):
+    def __init__(self, params: list[torch.nn.Parameter], decay: float, model: torch.nn.Module | None = None):
         if not 0 <= decay < 1:
             raise ValueError(f"EMA decay must be in [0, 1), got {decay}")
         self.params = list(params)
         self.decay = decay
-        self.model = sharded_model  # the FSDP module holding params, or None
+        self.model = model  # the module holding params: resharded after a swap when FSDP wraps it
         self.shadow = [p.detach().float().clone() for p in self.params]
 
     @torch.no_grad()

@@ -12,24 +12,25 @@ from typing import Any, Callable
 
 import torch
 
-from leapalign.sharding import local, reshard
+from leapalign.sharding import is_sharded, local, reshard
 
 
 class ReferenceVelocity:
     """velocity(x, sigma, cond) of the model with its initial trainable weights; the live weights are restored
-    after each call. `model` is the module that holds `params`: when it is FSDP-sharded the swap goes through
-    the shards (see sharding.py)."""
+    after each call. `model` is the module that holds `params`: when FSDP wraps it the swap goes through the
+    shards (see sharding.py)."""
 
     def __init__(self, velocity: Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor],
                  params: list[torch.nn.Parameter], model: torch.nn.Module | None = None):
         self.velocity = velocity
         self.params = list(params)
         self.model = model
+        self.sharded = model is not None and is_sharded(model)
         self.initial = [p.detach().clone() for p in self.params]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor, cond: Any) -> torch.Tensor:
-        if self.model is not None:
+        if self.sharded:
             return self._sharded(x, sigma, cond)
         # Swap the storage (.data), not the values: an in-place copy would bump the version counters of
         # parameters that the policy's live autograd graph saved, and its backward would then refuse to run.

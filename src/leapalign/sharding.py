@@ -14,6 +14,7 @@ of one wrapped unit at a time and free them again. Four consequences for the tra
 from __future__ import annotations
 
 import os
+
 import torch
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor

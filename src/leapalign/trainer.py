@@ -233,9 +233,9 @@ def setup(cfg: TrainConfig, accelerator: Accelerator) -> Run:
     return Run(cfg, accelerator, adapter, reward, method, method_cfg, order, eval_prompts,
                sigmas=adapter.sigmas(m.num_steps, m.height, m.width), velocity=velocity,
                optimizer=optimizer, scheduler=scheduler, params=params, names=names, sharded=sharded,
-               ema=EMA(params, cfg.ema_decay, adapter.transformer if sharded else None) if cfg.ema_decay > 0 else None,
+               ema=EMA(params, cfg.ema_decay, adapter.transformer) if cfg.ema_decay > 0 else None,
                # taken before resume, so it holds the base weights whatever checkpoint is loaded next
-               reference=(ReferenceVelocity(velocity, params, adapter.transformer if sharded else None)
+               reference=(ReferenceVelocity(velocity, params, adapter.transformer)
                           if method.needs_reference(method_cfg) else None),
                snapshot=sum(p.numel() for p in params) <= SNAPSHOT_MAX_ELEMENTS)
 
@@ -367,7 +367,7 @@ def optimizer_step(run: Run, counters: Counters, metrics: dict[str, float]) -> b
                     f"the optimizer step of iteration {counters.step + 1} made weights non-finite (finite loss and "
                     f"gradient); this full fine-tuning keeps no copy to undo it (memory), so nothing more is "
                     f"written: lower optim.lr and resume from the last checkpoint in {run.out_dir / 'checkpoints'}")
-            undo.restore_state(run.optimizer.optimizer, run.params, backup, run.model if run.sharded else None)
+            undo.restore_state(run.optimizer.optimizer, run.params, backup, run.model)
     if finite:
         run.scheduler.step()
         if run.ema is not None:

@@ -19,15 +19,16 @@ def copy_state(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter
 
 
 def restore_state(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], backup: Snapshot,
-                  sharded_model: torch.nn.Module | None = None) -> None:
+                  model: torch.nn.Module | None = None) -> None:
     """Put the weights and optimizer state of `backup` back. Under FSDP the values go into the shards, so no
-    gathered copy of the undone step may survive (`sharded_model`: the FSDP module holding params)."""
+    gathered copy of the undone step may survive (`model`: the module holding params; resharding is a no-op
+    when FSDP does not wrap it)."""
     weights, moments = backup
     with torch.no_grad():
         for p, w in zip(params, weights):
             p.copy_(w)
-    if sharded_model is not None:
-        reshard(sharded_model)
+    if model is not None:
+        reshard(model)
     for p in params:
         if p in moments:
             optimizer.state[p] = moments[p]
