@@ -8,7 +8,6 @@ import torch
 from safetensors.torch import load_file
 from helpers.toy import toy_config
 
-from helpers import tiny_pipelines as tp
 from leapalign.trainer import train
 
 
@@ -42,13 +41,6 @@ def test_shapes_training_with_the_compiled_rollout_equals_plain(tmp_path, capsys
     assert plain.keys() == auto.keys() == compiled.keys()
     assert all(torch.equal(plain[k], auto[k]) and torch.equal(plain[k], compiled[k]) for k in plain)
     assert max((plain[k] - start[k].detach()).abs().max() for k in plain) > 1e-5  # training moved the weights
-
-
-@pytest.fixture(scope="module")
-def flux_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("flux")
-    tp.flux_pipeline().save_pretrained(path)
-    return path
 
 
 def flux_lora_config(tmp_path, flux_dir, **model):

@@ -8,17 +8,9 @@ import torch
 from safetensors.torch import load_file
 from helpers.toy import toy_config
 
-from helpers import tiny_pipelines as tp
 from leapalign.adapters.flux import FluxAdapter
 from leapalign.models import load_trained
 from leapalign.trainer import train
-
-
-@pytest.fixture(scope="module")
-def flux_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("flux")
-    tp.flux_pipeline().save_pretrained(path)
-    return path
 
 
 def flux_config(tmp_path, flux_dir, **overrides):
